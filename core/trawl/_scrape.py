@@ -1,0 +1,430 @@
+"""Scraping: target labels, one loop per target, and the manager that reconciles them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import httpx
+import trio
+
+from . import __version__
+from ._batch import Batch, Point, Series
+from ._config import ScraperConfig
+from ._discovery import DiscoveredTarget, DiscoveryManager
+from ._duration import format_duration
+from ._errors import TrawlError
+from ._parsing import ParseError, Parser
+from ._plugins import Registry
+from ._processing import Processor
+from ._targets import ADDRESS, METRICS_PATH, PARAM_PREFIX, SCHEME, Labels
+
+log = logging.getLogger("trawl.scrape")
+
+ACCEPT_TEXT = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+USER_AGENT = f"trawl/{__version__}"
+
+
+class ScrapeError(TrawlError):
+    """A scrape failed; the message is the target's last error."""
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """A target after label processing, ready to scrape.
+
+    Attributes:
+      discovered: The labels as discovered (``__meta_*`` and all).
+      labels: The final target labels (``job``, ``instance``, group labels ...).
+      url: Where to scrape.
+    """
+
+    discovered: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+    url: str
+
+    @property
+    def key(self) -> tuple[tuple[tuple[str, str], ...], str]:
+        return self.labels, self.url
+
+
+@dataclass
+class TargetHealth:
+    """What the last scrapes of a target did."""
+
+    health: str = "unknown"
+    last_error: str = ""
+    last_error_time: float | None = None
+    last_scrape: float | None = None
+    last_duration: float = 0.0
+    scrapes: int = 0
+    failures: int = 0
+    samples: int = 0
+
+
+def build_target(
+    discovered: Labels, scraper: ScraperConfig,
+    relabel: Callable[[Labels], Labels | None] | None = None,
+) -> tuple[ScrapeTarget | None, str]:
+    """Turn discovered labels into a target, as Prometheus's ``populateLabels`` does.
+
+    Returns:
+      The target, or ``None`` and the reason it was dropped.
+    """
+    labels = dict(discovered)
+    labels.setdefault("job", scraper.name)
+    labels.setdefault(SCHEME, scraper.scheme)
+    labels.setdefault(METRICS_PATH, scraper.metrics_path)
+    labels.setdefault("__scrape_interval__", format_duration(scraper.scrape_interval))
+    labels.setdefault("__scrape_timeout__", format_duration(scraper.scrape_timeout))
+    for key, values in scraper.params.items():
+        if values:
+            labels.setdefault(PARAM_PREFIX + key, values[0])
+    if relabel is not None:
+        relabeled = relabel(labels)
+        if relabeled is None:
+            return None, "dropped by relabeling"
+        labels = relabeled
+    address = labels.get(ADDRESS, "")
+    if not address:
+        return None, "no __address__ label"
+    if "/" in address:
+        return None, f"invalid __address__ {address!r}: contains a path"
+    scheme = labels.get(SCHEME, "http")
+    if scheme not in ("http", "https"):
+        return None, f"invalid __scheme__ {scheme!r}"
+    address = _with_port(address, scheme)
+    labels[ADDRESS] = address
+    if address in scraper.blacklist or labels.get("instance") in scraper.blacklist:
+        return None, "blacklisted"
+    params: dict[str, list[str]] = {k: list(v) for k, v in scraper.params.items()}
+    for key, value in labels.items():
+        if key.startswith(PARAM_PREFIX):
+            name = key[len(PARAM_PREFIX):]
+            rest = params.get(name, [])[1:]
+            params[name] = [value, *rest]
+    path = labels.get(METRICS_PATH, "/metrics")
+    query = urlencode(params, doseq=True)
+    url = f"{scheme}://{address}{path}" + (f"?{query}" if query else "")
+    final = {k: v for k, v in labels.items() if not k.startswith("__") and v != ""}
+    final.setdefault("instance", address)
+    return (
+        ScrapeTarget(
+            tuple(sorted(discovered.items())), tuple(sorted(final.items())), url
+        ),
+        "",
+    )
+
+
+def _with_port(address: str, scheme: str) -> str:
+    if address.startswith("["):
+        if "]:" in address:
+            return address
+    elif ":" in address:
+        return address
+    return f"{address}:{443 if scheme == 'https' else 80}"
+
+
+def target_offset(target: ScrapeTarget, interval: float) -> float:
+    """A stable phase within the interval, so targets spread out instead of firing together."""
+    digest = hashlib.blake2b(repr(target.key).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") % max(int(interval * 1e9), 1)) / 1e9
+
+
+def http_client(scraper: ScraperConfig) -> httpx.AsyncClient:
+    """An HTTP client configured from a scraper's TLS, auth and proxy keys."""
+    verify: ssl.SSLContext | bool = True
+    if (scraper.scheme == "https" or scraper.ssl_ca or scraper.ssl_cert
+            or scraper.insecure_skip_verify):
+        ctx = ssl.create_default_context(cafile=scraper.ssl_ca or None)
+        if scraper.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if scraper.ssl_cert:
+            ctx.load_cert_chain(scraper.ssl_cert, scraper.ssl_key)
+        verify = ctx
+    auth = None
+    if scraper.username or scraper.password.get_secret_value():
+        auth = httpx.BasicAuth(scraper.username, scraper.password.get_secret_value())
+    return httpx.AsyncClient(
+        verify=verify,
+        auth=auth,
+        proxy=scraper.proxy_url or None,
+        trust_env=False,
+        follow_redirects=True,
+        timeout=httpx.Timeout(scraper.scrape_timeout),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
+
+
+class ScrapeLoop:
+    """Scrapes one target on its interval and hands the points to the sinks."""
+
+    def __init__(self, target: ScrapeTarget, scraper: ScraperConfig, pool: ScrapePool) -> None:
+        self.target = target
+        self.scraper = scraper
+        self.pool = pool
+        self.health = TargetHealth()
+        self._labels = dict(target.labels)
+        self._cache: dict[str, Series | None] = {}
+        self._auto: dict[str, Series] = {
+            name: Series(name, self._labels)
+            for name in ("up", "scrape_duration_seconds", "scrape_samples_scraped",
+                         "scrape_samples_post_metric_relabeling", "scrape_series_added")
+        }
+        self._headers = {
+            "Accept": pool.accept,
+            "Accept-Encoding": "gzip",
+            "User-Agent": USER_AGENT,
+            "X-Prometheus-Scrape-Timeout-Seconds": f"{scraper.scrape_timeout:g}",
+        }
+
+    async def run(self) -> None:
+        interval = self.scraper.scrape_interval
+        now = trio.current_time()
+        phase = target_offset(self.target, interval)
+        deadline = now + ((phase - now) % interval)
+        async with http_client(self.scraper) as client:
+            while True:
+                await trio.sleep_until(deadline)
+                await self.scrape_once(client)
+                deadline += interval
+                now = trio.current_time()
+                if deadline <= now:  # fell behind: skip the missed slots, keep the phase
+                    deadline += math.ceil((now - deadline) / interval) * interval
+
+    async def scrape_once(self, client: httpx.AsyncClient) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        ts_ms = int(started * 1000)
+        points: list[Point] = []
+        scraped = added = 0
+        error = ""
+        try:
+            with trio.fail_after(self.scraper.scrape_timeout):
+                body, content_type = await self._fetch(client)
+            scraped, added = self._points(body, content_type, ts_ms, points)
+        except trio.TooSlowError:
+            error = f"scrape timed out after {format_duration(self.scraper.scrape_timeout)}"
+        except (ScrapeError, ParseError) as exc:
+            error = str(exc)
+        except httpx.HTTPError as exc:
+            error = _describe_http_error(exc)
+        except ssl.SSLError as exc:
+            error = f"TLS error: {exc}"
+        duration = time.perf_counter() - t0
+        h = self.health
+        h.scrapes += 1
+        h.last_scrape = started
+        h.last_duration = duration
+        if error:
+            points = []
+            scraped = added = 0
+            h.failures += 1
+            if h.health != "down":
+                log.warning("target %s is down: %s", self.target.url, error)
+            h.health = "down"
+            h.last_error = error
+            h.last_error_time = started
+        else:
+            if h.health == "down":
+                log.warning("target %s is up again", self.target.url)
+            h.health = "up"
+            h.last_error = ""
+        post = len(points)
+        h.samples = post
+        auto = self._auto
+        points.append((auto["up"], 0.0 if error else 1.0, ts_ms))
+        points.append((auto["scrape_duration_seconds"], duration, ts_ms))
+        points.append((auto["scrape_samples_scraped"], float(scraped), ts_ms))
+        points.append((auto["scrape_samples_post_metric_relabeling"], float(post), ts_ms))
+        points.append((auto["scrape_series_added"], float(added), ts_ms))
+        self.pool.deliver(points)
+
+    async def _fetch(self, client: httpx.AsyncClient) -> tuple[bytes, str]:
+        limit = self.scraper.body_size_limit
+        async with client.stream("GET", self.target.url, headers=self._headers) as resp:
+            if resp.status_code >= 400 or resp.status_code < 200:
+                raise ScrapeError(f"server returned HTTP status {resp.status_code} "
+                                  f"{resp.reason_phrase}".rstrip())
+            chunks = []
+            size = 0
+            async for chunk in resp.aiter_raw():
+                size += len(chunk)
+                if limit and size > limit:
+                    raise ScrapeError(f"body size limit exceeded: more than {limit} bytes")
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+            encoding = resp.headers.get("content-encoding", "").lower()
+            if encoding == "gzip":
+                raw = _gunzip(raw, limit)
+            elif encoding not in ("", "identity"):
+                raise ScrapeError(f"unsupported Content-Encoding {encoding!r}")
+            return raw, resp.headers.get("content-type", "")
+
+    def _points(self, body: bytes, content_type: str, ts_ms: int,
+                points: list[Point]) -> tuple[int, int]:
+        parser = self.pool.parser(content_type)
+        scraped = parser.parse(body)
+        cache = self._cache
+        fresh: dict[str, Series | None] = {}
+        added = 0
+        honor_ts = self.scraper.honor_timestamps
+        append = points.append
+        for text, value, ts in scraped.samples:
+            series = cache.get(text, _MISSING)
+            if series is _MISSING:
+                series = fresh.get(text, _MISSING)
+                if series is _MISSING:
+                    series = self._series(parser, text)
+                    added += 1
+            fresh[text] = series  # type: ignore[assignment]
+            if series is None or value != value or value in _INFINITIES:
+                continue
+            append((series, value, ts if honor_ts and ts is not None else ts_ms))  # type: ignore[arg-type]
+        self._cache = fresh
+        if self.pool.processors:
+            kept = points
+            for processor in self.pool.processors:
+                kept = processor.process(kept)
+            points[:] = kept
+        return len(scraped.samples), added
+
+    def _series(self, parser: Parser, text: str) -> Series:
+        name, labels = parser.parse_series(text)
+        tags = dict(self._labels)
+        if self.scraper.honor_labels:
+            tags.update(labels)
+        else:
+            for key, value in labels.items():
+                if key in tags:
+                    tags["exported_" + key] = value
+                else:
+                    tags[key] = value
+        return Series(name, tags)
+
+
+_MISSING = object()
+_INFINITIES = (math.inf, -math.inf)
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, limit + 1 if limit else 0)
+    except zlib.error as exc:
+        raise ScrapeError(f"invalid gzip body: {exc}") from None
+    if limit and len(out) > limit:
+        raise ScrapeError(f"body size limit exceeded: more than {limit} bytes after gunzip")
+    return out
+
+
+def _describe_http_error(exc: httpx.HTTPError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed: {text}"
+    if isinstance(exc, httpx.TimeoutException):
+        return "scrape timed out"
+    if cause is not None and str(cause) and str(cause) != text:
+        return f"{text}: {cause}"
+    return text
+
+
+@dataclass
+class ScrapePool:
+    """All the loops of one scraper, fed by its discoverer."""
+
+    scraper: ScraperConfig
+    registry: Registry
+    deliver_batch: Callable[[Batch], None]
+    processors: list[Processor] = field(default_factory=list)
+    relabel: Callable[[Labels], Labels | None] | None = None
+    loops: dict[tuple[object, ...], tuple[ScrapeLoop, trio.CancelScope]] = field(
+        default_factory=dict
+    )
+    dropped: list[tuple[DiscoveredTarget, str]] = field(default_factory=list)
+    accept: str = ACCEPT_TEXT
+
+    def __post_init__(self) -> None:
+        accepts = [p.accept_header for p in self.registry.parsers.values()
+                   if getattr(p, "accept_header", "")]
+        if accepts:
+            self.accept = ",".join([*accepts, "*/*;q=0.1"])
+        self._parsers: dict[str, Parser] = {}
+
+    def parser(self, content_type: str) -> Parser:
+        cached = self._parsers.get(content_type)
+        if cached is None:
+            cls = self.registry.parser_for(content_type) or self.registry.parsers[
+                "prometheus-text"]
+            cached = self._parsers[content_type] = cls()
+        return cached
+
+    def deliver(self, points: list[Point]) -> None:
+        self.deliver_batch(Batch(self.scraper.db, self.scraper.rp, points))
+
+    def desired(self, discovered: Sequence[DiscoveredTarget]) -> dict[object, ScrapeTarget]:
+        want: dict[object, ScrapeTarget] = {}
+        self.dropped = []
+        for d in discovered:
+            target, why = build_target(d.labels, self.scraper, self.relabel)
+            if target is None:
+                self.dropped.append((d, why))
+            else:
+                want.setdefault(target.key, target)
+        return want
+
+    def reconcile(self, nursery: trio.Nursery, discovered: Sequence[DiscoveredTarget]) -> None:
+        """Start loops for new targets, stop those that vanished, leave the rest alone."""
+        want = self.desired(discovered)
+        for key in list(self.loops):
+            if key not in want:
+                _, scope = self.loops.pop(key)
+                scope.cancel()
+        for key, target in want.items():
+            if key not in self.loops:
+                loop = ScrapeLoop(target, self.scraper, self)
+                scope = trio.CancelScope()
+                self.loops[key] = (loop, scope)
+                nursery.start_soon(_run_in_scope, scope, loop.run)
+
+
+async def _run_in_scope(scope: trio.CancelScope, fn: Callable[[], object]) -> None:
+    with scope:
+        await fn()  # type: ignore[misc]
+
+
+class ScrapeManager:
+    """One `ScrapePool` per enabled scraper, reconciled whenever discovery changes."""
+
+    def __init__(self, discovery: DiscoveryManager, pools: list[ScrapePool]) -> None:
+        self.discovery = discovery
+        self.pools = pools
+
+    def _discoverer_of(self, pool: ScrapePool) -> str:
+        return f"{pool.scraper.discoverer_service}/{pool.scraper.discoverer_id}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            seen = -1
+            started = False
+            while True:
+                version = self.discovery.version
+                if version != seen:
+                    seen = version
+                    for pool in self.pools:
+                        pool.reconcile(
+                            nursery, self.discovery.snapshot(self._discoverer_of(pool))
+                        )
+                if not started:
+                    task_status.started()
+                    started = True
+                await self.discovery.wait_changed(seen)
