@@ -147,11 +147,10 @@ class RefreshDiscoverer(Discoverer):
                 current, error = exc.groups, describe_error(exc)
             except Exception as exc:
                 error = describe_error(exc)
+            changed: list[TargetGroup] = []
             if current is not None:
                 changed = diff_groups(last, current)
                 last = {g.source: g for g in current}
-                if changed:
-                    await groups.send(changed)
             if error:
                 if not self.health.failing:
                     log.warning("discoverer %s failed: %s (keeping the last good targets)",
@@ -169,6 +168,8 @@ class RefreshDiscoverer(Discoverer):
                 self.health.succeeded(sum(len(g.targets) for g in current or ()))
                 backoff = self.min_backoff
                 wait = self.interval
+            if changed:
+                await groups.send(changed)
             if not started:
                 task_status.started()
                 started = True
