@@ -1,0 +1,301 @@
+"""The Kubernetes discoverer: list then watch each resource, rebuild the changed groups."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import trawl
+import trio
+
+from . import _labels
+from ._client import ApiClient, ApiError, ConfigurationError, Gone, connection
+from ._config import KubernetesConfig
+
+log = logging.getLogger("trawl.discovery.kubernetes")
+
+# resource -> (API path prefix, namespaced)
+API_PATHS = {
+    "nodes": ("/api/v1", False),
+    "pods": ("/api/v1", True),
+    "services": ("/api/v1", True),
+    "endpoints": ("/api/v1", True),
+    "endpointslices": ("/apis/discovery.k8s.io/v1", True),
+    "ingresses": ("/apis/networking.k8s.io/v1", True),
+}
+# role -> (its resource, the resources its labels also read)
+ROLE_RESOURCES = {
+    "node": ("nodes", ()),
+    "pod": ("pods", ()),
+    "service": ("services", ()),
+    "endpoints": ("endpoints", ("pods", "services")),
+    "endpointslice": ("endpointslices", ("pods", "services")),
+    "ingress": ("ingresses", ()),
+}
+MIN_BACKOFF = 0.5
+DEBOUNCE = 0.05
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+
+
+def slim(obj: Obj) -> Obj:
+    """Drop what no label is made of (managed fields, last-applied annotations are kept:
+    annotations are labels), to keep thousands of objects small in memory."""
+    meta = obj.get("metadata") or {}
+    out = dict(obj)
+    out["metadata"] = {k: v for k, v in meta.items()
+                       if k in ("name", "namespace", "uid", "labels", "annotations",
+                                "ownerReferences", "resourceVersion")}
+    out.pop("kind", None)
+    out.pop("apiVersion", None)
+    return out
+
+
+class Watcher:
+    """Lists then watches one resource in one namespace (or all), into a shared store."""
+
+    def __init__(self, discoverer: KubernetesDiscoverer, resource: str, namespace: str,
+                 primary: bool) -> None:
+        self.d = discoverer
+        self.resource = resource
+        self.namespace = namespace
+        self.primary = primary
+        prefix, namespaced = API_PATHS[resource]
+        self.path = (f"{prefix}/namespaces/{namespace}/{resource}" if namespace and namespaced
+                     else f"{prefix}/{resource}")
+        config = discoverer.config
+        self.params: dict[str, str] = {}
+        if primary and config.label_selector:
+            self.params["labelSelector"] = config.label_selector
+        if primary and config.field_selector:
+            self.params["fieldSelector"] = config.field_selector
+        self.keys: set[Key] = set()
+        self.resource_version = ""
+        self.error = ""
+        self.attempted = trio.Event()
+
+    @property
+    def store(self) -> dict[Key, Obj]:
+        return self.d.stores[self.resource]
+
+    def _changed(self, key: Key) -> None:
+        self.d.mark_dirty(self.resource, key)
+
+    async def list(self) -> None:
+        body = await self.d.client.list(self.path, self.params)
+        fresh: dict[Key, Obj] = {}
+        for item in body.get("items") or ():
+            if isinstance(item, dict):
+                fresh[_labels.key_of(item)] = slim(item)
+        for key in self.keys - fresh.keys():
+            self.store.pop(key, None)
+            self._changed(key)
+        for key, obj in fresh.items():
+            if self.store.get(key) != obj:
+                self.store[key] = obj
+                self._changed(key)
+        self.keys = set(fresh)
+        self.resource_version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch(self) -> int:
+        """Follow one watch request; return how many events it brought."""
+        count = 0
+        timeout = max(1, int(self.d.config.watch_timeout * random.uniform(1.0, 1.2)))
+        params = {**self.params, "resourceVersion": self.resource_version}
+        async with self.d.client.watch(self.path, params, timeout) as events:
+            self.d.watcher_ok(self)
+            async for event in events:
+                count += 1
+                kind, obj = event.get("type"), event["object"]
+                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                if kind in ("ADDED", "MODIFIED"):
+                    key = _labels.key_of(obj)
+                    self.store[key] = slim(obj)
+                    self.keys.add(key)
+                    self._changed(key)
+                elif kind == "DELETED":
+                    key = _labels.key_of(obj)
+                    self.store.pop(key, None)
+                    self.keys.discard(key)
+                    self._changed(key)
+                elif kind == "BOOKMARK":
+                    pass
+                elif kind == "ERROR":
+                    code = int(obj.get("code") or 0)
+                    message = f"watch {self.path}: {obj.get('message', 'error')}"
+                    if code == 410:
+                        raise Gone(message, 410)
+                    raise ApiError(message, code)
+                else:
+                    raise ApiError(f"watch {self.path}: unknown event type {kind!r}")
+                if rv:
+                    self.resource_version = rv
+        return count
+
+    async def run(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            try:
+                if not self.resource_version:
+                    await self.list()
+                    self.d.watcher_ok(self)
+                    self.attempted.set()
+                started = trio.current_time()
+                events = await self.watch()
+                self.d.watcher_ok(self)
+                backoff = MIN_BACKOFF
+                if events == 0 and trio.current_time() - started < 1.0:
+                    # A server that closes watches at once must not make us spin.
+                    await trio.sleep(MIN_BACKOFF)
+            except Gone:
+                log.info("%s: resource version %s expired, listing again", self.path,
+                         self.resource_version)
+                self.resource_version = ""
+            except (httpx.HTTPError, ApiError, trio.TooSlowError, ConfigurationError,
+                    OSError, ValueError) as exc:
+                self.d.watcher_failed(self, _describe(exc, self.d.client.server, self.path))
+                self.attempted.set()
+                if isinstance(exc, httpx.TransportError | trio.TooSlowError) or (
+                        isinstance(exc, ApiError) and exc.code >= 500):
+                    self.d.client.failover()
+                await trio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self.d.config.max_backoff)
+
+
+def _describe(exc: BaseException, server: str, path: str) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"GET {server}{path}: timed out"
+    if isinstance(exc, httpx.HTTPError) and not isinstance(exc, httpx.HTTPStatusError):
+        return f"GET {server}{path}: {type(exc).__name__}: {exc or 'connection failed'}"
+    return str(exc) or type(exc).__name__
+
+
+class KubernetesDiscoverer(trawl.Discoverer):
+    """Discovers one role's targets from the Kubernetes API (see the README)."""
+
+    kind = "kubernetes"
+    Config = KubernetesConfig
+    config: KubernetesConfig
+
+    def __init__(self, config: KubernetesConfig) -> None:
+        super().__init__(config)
+        self.role = config.role
+        self.primary, self.secondary = ROLE_RESOURCES[self.role]
+        self.stores: dict[str, dict[Key, Obj]] = {
+            r: {} for r in (self.primary, *self.secondary)}
+        self.dirty: set[tuple[str, Key]] = set()
+        self._wake = trio.Event()
+        self.sent: dict[str, trawl.TargetGroup] = {}
+        self.watchers: list[Watcher] = []
+        self.client: ApiClient
+
+    # --- bookkeeping called by watchers
+    def mark_dirty(self, resource: str, key: Key) -> None:
+        self.dirty.add((resource, key))
+        self._wake.set()
+
+    def watcher_ok(self, watcher: Watcher) -> None:
+        if watcher.error:
+            watcher.error = ""
+            self._wake.set()  # publish, which reports the recovery
+
+    def watcher_failed(self, watcher: Watcher, error: str) -> None:
+        if not self.health.failing:
+            log.warning("discoverer %s failed: %s (keeping the last good targets)",
+                        self.name, error)
+        watcher.error = error
+        self.health.failed(error)
+        self.health.targets = sum(len(g.targets) for g in self.sent.values())
+
+    # --- building groups
+    def _lookup(self, resource: str) -> Callable[[str, str], Obj | None]:
+        store = self.stores.get(resource, {})
+        return lambda ns, name: store.get((ns, name))
+
+    def build(self, obj: Obj) -> trawl.TargetGroup:
+        role = self.role
+        if role == "pod":
+            return _labels.pod_group(obj)
+        if role == "service":
+            return _labels.service_group(obj)
+        if role == "node":
+            return _labels.node_group(obj)
+        if role == "ingress":
+            return _labels.ingress_group(obj)
+        pods, services = self._lookup("pods"), self._lookup("services")
+        if role == "endpoints":
+            return _labels.endpoints_group(obj, pods, services)
+        return _labels.endpointslice_group(obj, pods, services)
+
+    def _source(self, key: Key) -> str:
+        ns, name = key
+        prefix = {"pod": "pod", "service": "svc", "node": "node", "ingress": "ingress",
+                  "endpoints": "endpoints", "endpointslice": "endpointslice"}[self.role]
+        return f"node/{name}" if self.role == "node" else f"{prefix}/{ns}/{name}"
+
+    def changed_groups(self) -> list[trawl.TargetGroup]:
+        """Rebuild the groups the dirty keys touch; return those that differ from sent."""
+        dirty, self.dirty = self.dirty, set()
+        store = self.stores[self.primary]
+        keys: set[Key] = set()
+        for resource, key in dirty:
+            if resource == self.primary:
+                keys.add(key)
+            else:
+                # A pod or service changed: rebuild what refers to its namespace.
+                keys.update(k for k in store if k[0] == key[0])
+        out = []
+        for key in keys:
+            obj = store.get(key)
+            group = self.build(obj) if obj is not None else trawl.TargetGroup(self._source(key))
+            if not group.targets:
+                if self.sent.pop(group.source, None) is not None:
+                    out.append(trawl.TargetGroup(group.source))
+            elif self.sent.get(group.source) != group:
+                self.sent[group.source] = group
+                out.append(group)
+        return out
+
+    async def _publish(self, groups: trawl.GroupSender) -> None:
+        changed = self.changed_groups()
+        if changed:
+            await groups.send(changed)
+        if not any(w.error for w in self.watchers):
+            if self.health.failing:
+                log.warning("discoverer %s recovered", self.name)
+            self.health.succeeded(sum(len(g.targets) for g in self.sent.values()))
+
+    async def run(
+        self, groups: trawl.GroupSender, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            conn = await trio.to_thread.run_sync(connection, self.config)
+        except ConfigurationError as exc:
+            self.health.failed(str(exc))
+            raise
+        self.client = ApiClient(conn, self.config.request_timeout)
+        namespaces = self.config.all_namespaces or [""]
+        for resource in (self.primary, *self.secondary):
+            for ns in namespaces if API_PATHS[resource][1] else [""]:
+                self.watchers.append(Watcher(self, resource, ns, resource == self.primary))
+        try:
+            async with trio.open_nursery() as nursery:
+                for w in self.watchers:
+                    nursery.start_soon(w.run)
+                for w in self.watchers:
+                    await w.attempted.wait()
+                await self._publish(groups)
+                task_status.started()
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    await trio.sleep(DEBOUNCE)  # gather a burst of events into one send
+                    await self._publish(groups)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
