@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from trio.testing import MockClock
-
 from trawl import Batch, Duration, Series, Sink, SinkConfig, SinkError, SinkRunner
 from trawl._sinks import CLOSE_DELIVER_SECONDS, CLOSE_SPOOL_SECONDS
+from trio.testing import MockClock
 
 
 @pytest.fixture
@@ -105,8 +104,11 @@ async def test_an_outage_loses_nothing_and_keeps_the_order(clock, tmp_path):
     st = runner.stats
     assert st.points_written == len(sent)
     assert st.points_spooled >= 250                      # the outage went through the disk
-    assert st.batches_retried > 0 and st.write_errors > 0
-    assert st.points_dropped == 0 and st.queue_points == 0 and st.last_error == ""
+    assert st.batches_retried > 0
+    assert st.write_errors > 0
+    assert st.points_dropped == 0
+    assert st.queue_points == 0
+    assert st.last_error == ""
     assert not runner.spooling
     assert list((tmp_path / "spool").glob("*.seg")) == []
 
@@ -215,13 +217,15 @@ async def test_shutdown_spools_and_the_next_run_delivers(clock, tmp_path):
         sent = await produce(first, 5)
         with trio.fail_after(CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS):
             await first.close()
-    assert first.stats.spool_points == len(sent) and down.lines == []
+    assert first.stats.spool_points == len(sent)
+    assert down.lines == []
 
     up = ServerSink(config(tmp_path))
     second = SinkRunner(up)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
-        assert second.spooling and second.stats.spool_points == len(sent)
+        assert second.spooling
+        assert second.stats.spool_points == len(sent)
         later = await produce(second, 2, n=3, name="later")
         await trio.sleep(2)
         await second.close()

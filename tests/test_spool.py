@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from trawl import Batch, Series
 from trawl._spool import HEADER, Spool, SpoolError
 
@@ -51,14 +50,17 @@ def test_records_come_back_in_order_merged_per_db_rp(tmp_path):
     third, taken = spool.peek(1)   # at least one record, even past max_points
     assert third.lines == lines(batch(4))
     spool.ack(taken)
-    assert len(spool) == 0 and spool.bytes == 0 and spool.points == 0
-    assert list(tmp_path.glob("*.seg")) == [] and not (tmp_path / "ack").exists()
+    assert len(spool) == 0
+    assert spool.bytes == 0
+    assert spool.points == 0
+    assert list(tmp_path.glob("*.seg")) == []
+    assert not (tmp_path / "ack").exists()
 
 
 def test_a_new_run_delivers_what_the_last_one_did_not_acknowledge(tmp_path):
     spool = Spool(tmp_path, 1 << 20, segment_bytes=400)
     spool.append([batch(i) for i in range(10)])
-    got, taken = spool.peek(6)
+    _got, taken = spool.peek(6)
     spool.ack(taken)                       # batches 0 and 1 delivered
     spool.peek(3)                          # batch 2 read but not acknowledged
     spool.close()

@@ -241,8 +241,8 @@ class Spool:
                 return
             self._last_drop_log = now
             log.error("spool %s: spool-max-size (%d bytes) reached: dropped the oldest %d "
-                      "points (%d so far; logged at most every 10 s)", self.directory, self.max_bytes,
-                      dropped, self.dropped_points)
+                      "points (%d so far; logged at most every 10 s)", self.directory,
+                      self.max_bytes, dropped, self.dropped_points)
 
     def _writable(self, size: int) -> int:
         if self._write_fd >= 0 and self._write_offset + size > self.segment_bytes \
