@@ -22,6 +22,7 @@ from ._duration import format_duration, parse_duration
 from ._errors import ConfigError, PluginError, TrawlError
 from ._host import Host
 from ._model import (
+    ByteSize,
     DiscovererConfig,
     Duration,
     ProcessorConfig,
@@ -44,6 +45,7 @@ from .hookspecs import hookimpl, hookspec
 __all__ = [
     "KNOWN_SECTIONS",
     "Batch",
+    "ByteSize",
     "Config",
     "ConfigError",
     "DiscoveredTarget",

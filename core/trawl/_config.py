@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 
 from ._discovery import Discoverer
 from ._errors import ConfigError
-from ._model import DiscovererConfig, Duration, ProcessorConfig, SectionModel, SinkConfig
+from ._model import ByteSize, DiscovererConfig, Duration, ProcessorConfig, SectionModel, SinkConfig
 from ._plugins import KNOWN_SECTIONS, Registry
 from ._processing import Processor
 from ._sinks import Sink
@@ -50,7 +50,11 @@ class ScraperConfig(SectionModel):
     sinks: list[str] = Field(default_factory=list)
     honor_labels: bool = False
     honor_timestamps: bool = True
-    body_size_limit: int = DEFAULT_BODY_SIZE_LIMIT
+    body_size_limit: ByteSize = DEFAULT_BODY_SIZE_LIMIT
+    sample_limit: int = Field(default=0, ge=0)
+    label_limit: int = Field(default=0, ge=0)
+    label_name_length_limit: int = Field(default=0, ge=0)
+    label_value_length_limit: int = Field(default=0, ge=0)
     processors: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("params", mode="before")

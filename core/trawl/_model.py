@@ -20,6 +20,35 @@ Duration = Annotated[
 ]
 """Seconds, written in TOML as a Go duration string such as ``"1m0s"``."""
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
+               "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+
+
+def parse_byte_size(value: object) -> int:
+    """Bytes from an integer or a string such as ``"64MB"`` (units are powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as \"64MB\", got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        number = text.rstrip("bBkKmMgGtTiI ")
+        unit = text[len(number):].strip().lower()
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit in _BYTE_UNITS and amount >= 0:
+            return int(amount * _BYTE_UNITS[unit])
+    raise ValueError(f"invalid size {value!r}: use bytes or a unit such as \"512MB\"")
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+"""Bytes, written as an integer or with a unit (``"64MB"``, ``"1GiB"``; powers of 1024)."""
+
 Secret = SecretStr
 """A string that never appears in logs, errors or API answers (``password``, tokens)."""
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import ssl
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -185,6 +187,14 @@ class ScrapeLoop:
             "User-Agent": USER_AGENT,
             "X-Prometheus-Scrape-Timeout-Seconds": f"{scraper.scrape_timeout:g}",
         }
+        token = scraper.bearer_token.get_secret_value()
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._extensions = (
+            {"sni_hostname": scraper.ssl_server_name} if scraper.ssl_server_name else {}
+        )
+        self._token_file = _TokenFile(scraper.bearer_token_file) if scraper.bearer_token_file \
+            else None
 
     async def run(self) -> None:
         interval = self.scraper.scrape_interval
@@ -250,17 +260,22 @@ class ScrapeLoop:
 
     async def _fetch(self, client: httpx.AsyncClient) -> tuple[bytes, str]:
         limit = self.scraper.body_size_limit
-        async with client.stream("GET", self.target.url, headers=self._headers) as resp:
+        headers = self._headers
+        if self._token_file is not None:
+            headers = {**headers, "Authorization": f"Bearer {self._token_file.read()}"}
+        async with client.stream("GET", self.target.url, headers=headers,
+                                 extensions=self._extensions) as resp:
             if resp.status_code >= 400 or resp.status_code < 200:
                 raise ScrapeError(f"server returned HTTP status {resp.status_code} "
                                   f"{resp.reason_phrase}".rstrip())
             chunks = []
             size = 0
-            async for chunk in resp.aiter_raw():
-                size += len(chunk)
-                if limit and size > limit:
-                    raise ScrapeError(f"body size limit exceeded: more than {limit} bytes")
-                chunks.append(chunk)
+            async with aclosing(resp.aiter_raw()) as raw_chunks:
+                async for chunk in raw_chunks:
+                    size += len(chunk)
+                    if limit and size > limit:
+                        raise ScrapeError(f"body size limit exceeded: more than {limit} bytes")
+                    chunks.append(chunk)
             raw = b"".join(chunks)
             encoding = resp.headers.get("content-encoding", "").lower()
             if encoding == "gzip":
@@ -289,26 +304,73 @@ class ScrapeLoop:
             if series is None or value != value or value in _INFINITIES:
                 continue
             append((series, value, ts if honor_ts and ts is not None else ts_ms))  # type: ignore[arg-type]
-        self._cache = fresh
         if self.pool.processors:
             kept = points
             for processor in self.pool.processors:
                 kept = processor.process(kept)
             points[:] = kept
+        limit = self.scraper.sample_limit
+        if limit and len(points) > limit:
+            raise ScrapeError(f"sample limit exceeded: {len(points)} samples, limit {limit}")
+        self._cache = fresh
         return len(scraped.samples), added
 
     def _series(self, parser: Parser, text: str) -> Series:
         name, labels = parser.parse_series(text)
         tags = dict(self._labels)
         if self.scraper.honor_labels:
-            tags.update(labels)
+            tags.update((k, v) for k, v in labels.items() if v)
         else:
             for key, value in labels.items():
                 if key in tags:
-                    tags["exported_" + key] = value
+                    if value:
+                        tags["exported_" + key] = value
                 else:
                     tags[key] = value
+        check_label_limits(self.scraper, name, tags)
         return Series(name, tags)
+
+
+def check_label_limits(scraper: ScraperConfig, name: str, tags: dict[str, str]) -> None:
+    """Fail the scrape as Prometheus does when a series breaks a label limit."""
+    if scraper.label_limit and len(tags) + 1 > scraper.label_limit:
+        raise ScrapeError(f"label_limit exceeded (metric: {name[:50]}, number of labels: "
+                          f"{len(tags) + 1}, limit: {scraper.label_limit})")
+    name_limit = scraper.label_name_length_limit
+    value_limit = scraper.label_value_length_limit
+    if not name_limit and not value_limit:
+        return
+    for key, value in tags.items():
+        if name_limit and len(key) > name_limit:
+            raise ScrapeError(f"label_name_length_limit exceeded (metric: {name[:50]}, label "
+                              f"name: {key[:50]}, length: {len(key)}, limit: {name_limit})")
+        if value_limit and len(value) > value_limit:
+            raise ScrapeError(f"label_value_length_limit exceeded (metric: {name[:50]}, label "
+                              f"name: {key[:50]}, value: {value[:50]!r}, length: {len(value)}, "
+                              f"limit: {value_limit})")
+
+
+class _TokenFile:
+    """A bearer token file, read again whenever it changes (tokens rotate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._token = ""
+
+    def read(self) -> str:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                with open(self.path) as f:
+                    self._token = f.read().strip()
+                self._stamp = stamp
+        except OSError as exc:
+            raise ScrapeError(
+                f"cannot read bearer-token-file {self.path}: {exc.strerror}"
+            ) from None
+        return self._token
 
 
 _MISSING = object()
@@ -327,15 +389,24 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
 
 
 def _describe_http_error(exc: httpx.HTTPError) -> str:
-    cause = exc.__cause__ or exc.__context__
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed: {text}"
+    """A readable last error: the innermost cause's message, with what kind of failure."""
+    chain: list[BaseException] = [exc]
+    while len(chain) < 10:
+        last = chain[-1]
+        nxt = last.__cause__ or last.__context__
+        if isinstance(last, BaseExceptionGroup) and last.exceptions:
+            nxt = last.exceptions[0]
+        if nxt is None or nxt in chain:
+            break
+        chain.append(nxt)
+    detail = next((str(e) for e in reversed(chain) if str(e)), type(exc).__name__)
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return f"TLS error: {detail}"
     if isinstance(exc, httpx.TimeoutException):
         return "scrape timed out"
-    if cause is not None and str(cause) and str(cause) != text:
-        return f"{text}: {cause}"
-    return text
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed: {detail}"
+    return detail
 
 
 @dataclass
