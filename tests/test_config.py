@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import trawl
 from trawl import ConfigError, load_config, parse_config, parse_duration
 from trawl.testing import make_registry

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import trio
-
 import trawl
+import trio
 
 
 class Authority:

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from trawl.testing import ExpositionServer
 
 from tests.servers import wait_until
-from trawl.testing import ExpositionServer
 
 DATA = Path(__file__).parent / "data"
 NODE = (DATA / "node_exporter.prom").read_bytes()

@@ -11,7 +11,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 import trawl
 from trawl import hookspecs
 from trawl.testing import registered
@@ -36,7 +35,7 @@ def example_plugin(hook: str) -> types.ModuleType:
 
 
 def test_every_hookspec_is_documented():
-    assert HOOKSPECS == sorted(doc_sections())
+    assert sorted(doc_sections()) == HOOKSPECS
 
 
 def test_every_hookspec_has_a_test_named_after_it():

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
-
 import trawl
+import trustme
 from trawl._scrape import ScrapeLoop, ScrapePool, build_target, http_client
 from trawl.testing import make_registry
 

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import trawl
 import trio
 from pydantic import ValidationError
-
-import trawl
 from trawl_discovery_static import StaticDiscoverer, StaticDiscoveryConfig
 
 
