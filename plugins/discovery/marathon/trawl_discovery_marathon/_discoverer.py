@@ -249,6 +249,17 @@ def _redact(url: str) -> str:
     return scheme + sep + authority.rpartition("@")[2] + slash + path
 
 
+def describe_http_error(exc: BaseException) -> str:
+    """``ConnectError: <the first non-empty reason in the chain>`` (httpx's own may be empty)."""
+    reason: BaseException | None = exc
+    seen = 0
+    while reason is not None and not str(reason) and seen < 10:
+        reason = reason.__cause__ or reason.__context__
+        seen += 1
+    text = str(reason) if reason is not None else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _ssl_context(config: MarathonConfig) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=config.ssl_ca or None)
     if config.insecure_skip_verify:
@@ -337,7 +348,7 @@ class MarathonDiscoverer(trawl.RefreshDiscoverer):
         except trio.TooSlowError:
             raise trawl.TrawlError(f"{shown}: no answer within {self.config.timeout:g}s") from None
         except httpx.HTTPError as exc:
-            raise trawl.TrawlError(f"{shown}: {type(exc).__name__}: {exc}") from None
+            raise trawl.TrawlError(f"{shown}: {describe_http_error(exc)}") from None
         if not 200 <= response.status_code < 300:
             raise trawl.TrawlError(
                 f"{shown}: HTTP {response.status_code}: {_error_detail(response)}")
