@@ -27,17 +27,20 @@ class Dnsmasq:
       workdir: Where the configuration and log go.
       hosts: ``(name, [address, ...])`` pairs, served as A/AAAA records (``host-record``).
       srv: ``(name, target, port)`` triples, served as SRV records (``srv-host``).
+      mx: ``(name, exchange, preference)`` triples, served as MX records (``mx-host``).
 
     Names outside ``local_domain`` (default ``test.internal``) are answered REFUSED.
     """
 
     def __init__(self, workdir: Path, hosts: Iterable[tuple[str, list[str]]] = (),
-                 srv: Iterable[tuple[str, str, int]] = ()) -> None:
+                 srv: Iterable[tuple[str, str, int]] = (),
+                 mx: Iterable[tuple[str, str, int]] = ()) -> None:
         self.workdir = workdir
         self.port = free_udp_tcp_port()
         self.nameserver = f"127.0.0.1:{self.port}"
         self.hosts = list(hosts)
         self.srv = list(srv)
+        self.mx = list(mx)
         self.local_domain = DOMAIN
         self.config_path = workdir / "dnsmasq.conf"
         self.process: ServerProcess | None = None
@@ -50,6 +53,7 @@ class Dnsmasq:
         ]
         lines += [f"host-record={name},{','.join(addrs)}" for name, addrs in self.hosts]
         lines += [f"srv-host={name},{target},{port},0,10" for name, target, port in self.srv]
+        lines += [f"mx-host={name},{exchange},{pref}" for name, exchange, pref in self.mx]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("\n".join(lines) + "\n")
 

@@ -19,13 +19,14 @@ from tests.servers.dnsmasq import Dnsmasq
 SRV = "_prometheus._tcp.test.internal"
 HOSTS = [("node.test.internal", ["127.0.0.1", "::1"]), ("web2.test.internal", ["127.0.0.2"])]
 SRVS = [(SRV, "node.test.internal", 18100), (SRV, "web2.test.internal", 18101)]
+MXS = [("mail.test.internal", "mx1.test.internal", 10)]
 
 pytestmark = pytest.mark.servers
 
 
 @pytest.fixture
 def dnsmasq(tmp_path: Path):
-    with Dnsmasq(tmp_path / "dns", hosts=HOSTS, srv=SRVS) as server:
+    with Dnsmasq(tmp_path / "dns", hosts=HOSTS, srv=SRVS, mx=MXS) as server:
         yield server
 
 
@@ -54,7 +55,7 @@ def test_kapacitor_section_loads_with_its_defaults():
 
 @pytest.mark.parametrize(("section", "message"), [
     ({"id": "x"}, "record-names"),
-    ({"record-names": ["a"], "type": "MX"}, "type"),
+    ({"record-names": ["a"], "type": "TXT"}, "type"),
     ({"record-names": ["a"], "type": "A", "port": 0}, "port"),
     ({"record-names": ["a"], "nameservers": ["dns.example.com"]}, "is not an IP address"),
     ({"record-names": ["a"], "nameservers": ["127.0.0.1:99999"]}, "is not a port"),
@@ -85,7 +86,7 @@ def discover_once(tmp_path: Path, sections: str) -> tuple[list[dict], str]:
     return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
 
 
-def test_srv_a_and_aaaa_labels_as_prometheus(dnsmasq, tmp_path):
+def test_srv_a_aaaa_and_mx_labels_as_prometheus(dnsmasq, tmp_path):
     lines, _ = discover_once(tmp_path, f"""
 [[dns]]
   id = "srv"
@@ -103,6 +104,12 @@ def test_srv_a_and_aaaa_labels_as_prometheus(dnsmasq, tmp_path):
   port = 9100
   record-names = ["node.test.internal"]
   nameservers = ["{dnsmasq.nameserver}"]
+[[dns]]
+  id = "mx"
+  type = "MX"
+  port = 25
+  record-names = ["mail.test.internal"]
+  nameservers = ["{dnsmasq.nameserver}"]
 """)
     got = sorted((line["discoverer"], line["source"], line["labels"]["__address__"],
                   line["labels"]) for line in lines)
@@ -110,22 +117,33 @@ def test_srv_a_and_aaaa_labels_as_prometheus(dnsmasq, tmp_path):
         ("dns/a", "node.test.internal", "127.0.0.1:9100"),
         ("dns/a", "web2.test.internal", "127.0.0.2:9100"),
         ("dns/aaaa", "node.test.internal", "[::1]:9100"),
+        ("dns/mx", "mail.test.internal", "mx1.test.internal:25"),
         ("dns/srv", SRV, "node.test.internal:18100"),
         ("dns/srv", SRV, "web2.test.internal:18101"),
     ]
     # Prometheus 2.42 (discovery/dns/dns.go): the SRV target keeps its final dot in the
-    # label but not in the address; A and AAAA targets carry the SRV labels empty.
-    assert got[3][3] == {
+    # label but not in the address (MX likewise); every target carries every label,
+    # empty where it does not apply.
+    assert got[4][3] == {
         "__address__": "node.test.internal:18100",
         "__meta_dns_name": SRV,
         "__meta_dns_srv_record_target": "node.test.internal.",
         "__meta_dns_srv_record_port": "18100",
+        "__meta_dns_mx_record_target": "",
     }
     assert got[0][3] == {
         "__address__": "127.0.0.1:9100",
         "__meta_dns_name": "node.test.internal",
         "__meta_dns_srv_record_target": "",
         "__meta_dns_srv_record_port": "",
+        "__meta_dns_mx_record_target": "",
+    }
+    assert got[3][3] == {
+        "__address__": "mx1.test.internal:25",
+        "__meta_dns_name": "mail.test.internal",
+        "__meta_dns_srv_record_target": "",
+        "__meta_dns_srv_record_port": "",
+        "__meta_dns_mx_record_target": "mx1.test.internal.",
     }
 
 

@@ -15,13 +15,14 @@ from pydantic import Field, field_validator, model_validator
 NAME_LABEL = "__meta_dns_name"
 SRV_TARGET_LABEL = "__meta_dns_srv_record_target"
 SRV_PORT_LABEL = "__meta_dns_srv_record_port"
+MX_TARGET_LABEL = "__meta_dns_mx_record_target"
 
 
 class DNSConfig(trawl.DiscovererConfig):
     """``[[dns]]``: Kapacitor's keys plus ``nameservers`` and ``timeout``."""
 
     record_names: list[str] = Field(default_factory=list)
-    type: Literal["SRV", "A", "AAAA"] = "SRV"
+    type: Literal["SRV", "A", "AAAA", "MX"] = "SRV"
     port: int = Field(80, ge=0, le=65535)
     refresh_interval: trawl.Duration = 30.0
     nameservers: list[str] = Field(default_factory=list)
@@ -51,7 +52,7 @@ class DNSConfig(trawl.DiscovererConfig):
         if self.enabled and not self.record_names:
             raise ValueError("record-names: give at least one DNS name to resolve")
         if self.type != "SRV" and self.port == 0:
-            raise ValueError("port: a port is required for A and AAAA records")
+            raise ValueError("port: a port is required for A, AAAA and MX records")
         return self
 
 
@@ -86,7 +87,7 @@ def join_host_port(host: str, port: int) -> str:
 
 
 class DNSDiscoverer(trawl.RefreshDiscoverer):
-    """Resolves every record name each ``refresh-interval``, as Prometheus's ``dns_sd``.
+    """Resolves every record name each ``refresh-interval``, as Prometheus 2.42's ``dns_sd``.
 
     Each name is its own group (source = the name). A name that does not exist
     (NXDOMAIN) or has no records of the type gives an empty group; any other failure
@@ -155,23 +156,23 @@ class DNSDiscoverer(trawl.RefreshDiscoverer):
             raise LookupFailed(f"could not resolve {name!r}: {exc}") from None
         targets: list[dict[str, str]] = []
         for rdata in answer:
+            # Every target carries every label, empty where it does not apply (Prometheus).
+            labels = {NAME_LABEL: name, SRV_TARGET_LABEL: "", SRV_PORT_LABEL: "",
+                      MX_TARGET_LABEL: ""}
             if rdtype == dns.rdatatype.SRV:
                 srv_target = rdata.target.to_text()
-                targets.append({
-                    "__address__": join_host_port(srv_target.rstrip("."), rdata.port),
-                    NAME_LABEL: name,
-                    SRV_TARGET_LABEL: srv_target,
-                    SRV_PORT_LABEL: str(rdata.port),
-                })
+                address = join_host_port(srv_target.rstrip("."), rdata.port)
+                labels[SRV_TARGET_LABEL] = srv_target
+                labels[SRV_PORT_LABEL] = str(rdata.port)
+            elif rdtype == dns.rdatatype.MX:
+                exchange = rdata.exchange.to_text()
+                address = join_host_port(exchange.rstrip("."), self.config.port)
+                labels[MX_TARGET_LABEL] = exchange
             else:
-                targets.append({
-                    "__address__": join_host_port(rdata.address, self.config.port),
-                    NAME_LABEL: name,
-                    SRV_TARGET_LABEL: "",
-                    SRV_PORT_LABEL: "",
-                })
+                address = join_host_port(rdata.address, self.config.port)
+            targets.append({"__address__": address, **labels})
         # DNS servers may rotate the order of records; a stable order avoids resending.
-        targets.sort(key=lambda t: (t["__address__"], t[SRV_TARGET_LABEL]))
+        targets.sort(key=lambda t: (t["__address__"], t[SRV_TARGET_LABEL], t[MX_TARGET_LABEL]))
         return trawl.group(name, tuple(targets))
 
 
