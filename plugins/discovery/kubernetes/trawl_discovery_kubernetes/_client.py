@@ -8,7 +8,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,19 +278,21 @@ class ApiClient:
             with trio.fail_after(self.request_timeout):
                 response = await self._send(path, params, stream=True)
             try:
-                yield self._events(response, path)
+                async with aclosing(self._events(response, path)) as events:
+                    yield events
             finally:
                 await response.aclose()
 
     async def _events(self, response: httpx.Response, path: str
                       ) -> AsyncIterator[dict[str, Any]]:
-        async for line in response.aiter_lines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError as exc:
-                raise ApiError(f"watch {self.server}{path}: invalid event: {exc}") from None
-            if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
-                raise ApiError(f"watch {self.server}{path}: malformed event")
-            yield event
+        async with aclosing(response.aiter_lines()) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as exc:
+                    raise ApiError(f"watch {self.server}{path}: invalid event: {exc}") from None
+                if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+                    raise ApiError(f"watch {self.server}{path}: malformed event")
+                yield event
