@@ -334,3 +334,9 @@ def test_wrong_credentials_are_reported_without_secrets(tmp_path):
     assert PASSWORD not in output
     assert sim.requests
     assert sim.requests[0][1]["authorization"].startswith("Basic ")
+
+
+def test_readme_documents_every_key():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, field in MarathonConfig.model_fields.items():
+        assert f"| `{field.alias or name}` |" in readme, name

@@ -267,3 +267,9 @@ async def test_failures_keep_last_good_targets_and_recover(ca, pki, caplog):
         sim.stop()
     assert "failed" in caplog.text
     assert "recovered" in caplog.text
+
+
+def test_readme_documents_every_key():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, field in TritonConfig.model_fields.items():
+        assert f"| `{field.alias or name}` |" in readme, name
