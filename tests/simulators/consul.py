@@ -58,7 +58,7 @@ PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 
 
 def parse_go_duration(text: str) -> float:
-    """Seconds of a Go duration (``"10s"``, ``"120000ms"``, ``"1m30s"``), as Consul parses ``wait``."""
+    """Seconds of a Go duration (``"10s"``, ``"120000ms"``, ``"1m30s"``), as Consul reads it."""
     if text == "0":
         return 0.0
     pos, total = 0, 0.0
@@ -79,7 +79,8 @@ def _loopback(address: str) -> None:
         ip = ipaddress.ip_address(address)
     except ValueError:
         if address != "localhost":
-            raise ValueError(f"{address!r}: the simulator hands out loopback addresses only")
+            raise ValueError(f"{address!r}: the simulator hands out loopback addresses only"
+                             ) from None
         return
     if not ip.is_loopback:
         raise ValueError(f"{address!r}: the simulator hands out loopback addresses only")

@@ -219,6 +219,18 @@ def tls_context(config: ConsulConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _reason(exc: BaseException) -> str:
+    """The first non-empty message along an exception's causes (httpx often has none)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return "no details"
+
+
 class ConsulAPI:
     """The few Consul HTTP API calls discovery needs, on one connection pool.
 
@@ -283,12 +295,12 @@ class ConsulAPI:
             timeout += self.wait * 17 / 16
         try:
             with trio.fail_after(timeout):
-                response = await self._client.get(path, params=query,
+                response = await self._client.get(path, params=tuple(query),
                                                   extensions=self._extensions)
         except trio.TooSlowError:
             raise ConsulError(f"GET {path}: no answer within {timeout:g}s") from None
         except httpx.HTTPError as exc:
-            raise ConsulError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+            raise ConsulError(f"GET {path}: {type(exc).__name__}: {_reason(exc)}") from None
         if response.status_code != 200:
             text = response.text.strip()[:200]
             raise ConsulError(f"GET {path}: HTTP {response.status_code}: {text}")
@@ -417,6 +429,7 @@ class ConsulDiscoverer(trawl.Discoverer):
                         task_status.started()
                         started = True
                     await backoff.sleep()
+                    index = 0  # ask without blocking, to know at once that Consul is back
                     continue
                 backoff.reset()
                 if new_index != index or index == 0:
@@ -482,6 +495,7 @@ class ConsulDiscoverer(trawl.Discoverer):
                         task_status.started()
                         started = True
                     await backoff.sleep()
+                    index = 0  # ask without blocking, to know at once that Consul is back
                     continue
                 backoff.reset()
                 index = next_index(index, new_index)
