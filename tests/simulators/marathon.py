@@ -19,6 +19,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -116,6 +117,7 @@ class MarathonSimulator:
         self._apps: list[dict[str, Any]] = []
         self._fault: tuple[int, bytes, str] | None = None
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request
         self._expected_auth: str | None = None
         if bearer_token is not None:
             self._expected_auth = f"Bearer {bearer_token}"
@@ -160,6 +162,7 @@ class MarathonSimulator:
     def _answer(self, path: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
         with self._lock:
             self.requests.append((path, headers))
+            self.request_times.append(time.monotonic())
             fault = self._fault
             apps = copy.deepcopy(self._apps)
         if fault is not None:

@@ -340,3 +340,43 @@ def test_readme_documents_every_key():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name, field in MarathonConfig.model_fields.items():
         assert f"| `{field.alias or name}` |" in readme, name
+
+
+async def test_retries_back_off_until_the_refresh_interval():
+    sim = MarathonSimulator()
+    sim.fail(503, json.dumps({"message": "no leader"}))
+    with sim:
+        config = MarathonConfig.model_validate({"servers": [sim.url], "refresh-interval": "3s"})
+        discoverer = MarathonDiscoverer(config)
+        manager = trawl.DiscoveryManager([discoverer])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            assert discoverer.health.failing
+            await wait_for(lambda: len(sim.request_times) >= 3, "three attempts")
+            nursery.cancel_scope.cancel()
+    t = sim.request_times
+    # Retries after about 1 s, then 2 s (each +-20 %), not only every refresh-interval.
+    assert 0.7 < t[1] - t[0] < 1.6
+    assert 1.5 < t[2] - t[1] < 2.9
+
+
+async def test_credential_files_are_read_on_every_refresh(tmp_path):
+    token_file = tmp_path / "token"
+    sim = MarathonSimulator([app("/a", [task("a.1", "127.0.0.1", [9001])])], auth_token=TOKEN)
+    with sim:
+        config = MarathonConfig.model_validate({"servers": [sim.url],
+                                                "auth-token-file": str(token_file)})
+        discoverer = MarathonDiscoverer(config)
+        try:
+            with pytest.raises(trawl.TrawlError, match=r"cannot read auth-token-file .*token"):
+                await discoverer.refresh()
+            token_file.write_text(f"wrong-{TOKEN}\n")
+            with pytest.raises(trawl.TrawlError) as info:
+                await discoverer.refresh()
+            assert "HTTP 401" in str(info.value)
+            assert TOKEN not in str(info.value)
+            token_file.write_text(f"{TOKEN}\n")  # rotated: used without a restart
+            assert [g.source for g in await discoverer.refresh()] == ["/a"]
+        finally:
+            await discoverer.aclose()
+    assert sim.requests[-1][1]["authorization"] == f"token={TOKEN}"
