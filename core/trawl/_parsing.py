@@ -1,16 +1,35 @@
-"""Parsers: the parser contract and the Prometheus text format (0.0.4)."""
+"""Parsers: the parser contract and the Prometheus text format (0.0.4).
+
+The text parser accepts and rejects exactly what Prometheus 2.42 does (its lexer
+``promlex.l``, its parser ``promparse.go`` and the label checks of its scrape loop), and reads
+the same names, labels, values and timestamps. It has two paths:
+
+- a fast path for the ordinary layout (one space between series, value and timestamp,
+  ``# HELP``/``# TYPE`` written the usual way, no blank lines, no NUL bytes, valid UTF-8):
+  a few C-level regular expression passes over the whole body, then one float per sample.
+  Series text is not checked here: `PrometheusTextParser.parse_series` checks it on a
+  scrape-cache miss, and a series text seen in a successful scrape is known to be valid.
+- an exact path, taken when anything in the body is unusual: a byte-level reimplementation
+  of Prometheus's lexer and parser, written from their rules, which also produces
+  Prometheus's error text (with a line number added).
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import ClassVar
 
 from ._errors import TrawlError
 
 RawSample = tuple[str, float, "int | None"]
 """``(series text as it appeared, value, timestamp in ms or None)``."""
+
+Sample = tuple[str, dict[str, str], float, "int | None"]
+"""``(metric name, labels, value, timestamp in ms or None)``."""
 
 
 class ParseError(TrawlError):
@@ -38,11 +57,13 @@ class Parser(ABC):
     """A parser reads one exposition format.
 
     Subclasses set ``kind`` and ``content_types`` (media types, lower case, without
-    parameters). Parsers are stateless and must not block: they run on the Trio thread.
+    parameters), and may set ``accept_header``: their part of the scrape's ``Accept``
+    header. Parsers are stateless and must not block: they run on the Trio thread.
     """
 
     kind: ClassVar[str]
     content_types: ClassVar[tuple[str, ...]] = ()
+    accept_header: ClassVar[str] = ""
 
     @classmethod
     def accepts(cls, content_type: str, media_type: str) -> bool:
@@ -57,145 +78,581 @@ class Parser(ABC):
     def parse_series(self, text: str) -> tuple[str, dict[str, str]]:
         """Split series text from `Scraped.samples` into metric name and labels."""
 
+    def parse_all(self, body: bytes) -> list[Sample]:
+        """Read a whole body into ``(name, labels, value, ts)``, checking every series.
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_LABEL_PAIR = re.compile(
-    r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(,|\Z)', re.S
-)
-_FLOAT = re.compile(
-    r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf(?:inity)?)|(?i:nan))\Z"
-)
-_HEX_FLOAT = re.compile(
-    r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?\Z"
-)
-_INT = re.compile(r"[+-]?\d+\Z")
-_TYPES = frozenset(("counter", "gauge", "histogram", "summary", "untyped"))
+        Raises:
+          ParseError: for the first problem in the body, as Prometheus reports it.
+        """
+        scraped = self.parse(body)
+        return [(*self.parse_series(text), value, ts) for text, value, ts in scraped.samples]
 
 
-def parse_float(text: str) -> float:
-    """Parse a sample value as Go's ``strconv.ParseFloat`` does.
+# ------------------------------------------------------------------------------------ values
+
+_GO_FLOAT = re.compile(
+    rb"(?:[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    rb"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])\Z"
+)
+
+
+def go_float(raw: bytes) -> float:
+    """Parse a value as Prometheus does (Go's ``strconv.ParseFloat``, no hex, no ``_``).
+
+    Go accepts fewer spellings than Python's ``float()``: no whitespace, no underscores, no
+    signed ``nan``, no non-ASCII digits; and a finite spelling beyond the float range is an
+    error, not infinity.
 
     Raises:
-      ValueError: not a float Go would accept.
+      ValueError: with Go's error text.
     """
-    if _FLOAT.match(text):
-        return float(text)
-    if _HEX_FLOAT.match(text):
-        sign = -1.0 if text[0] == "-" else 1.0
-        body = text.lstrip("+-")
-        if "p" not in body.lower():
-            body += "p0"
-        return sign * float.fromhex(body)
-    raise ValueError(text)
+    if b"p" in raw or b"P" in raw or b"_" in raw:
+        raise ValueError("unsupported character in float")
+    if _GO_FLOAT.match(raw) is None:
+        raise ValueError(f"strconv.ParseFloat: parsing {_go_quote(raw)}: invalid syntax")
+    value = float(raw)
+    if value in _INFINITIES and raw.lstrip(b"+-")[:1] not in (b"i", b"I"):
+        raise ValueError(f"strconv.ParseFloat: parsing {_go_quote(raw)}: value out of range")
+    return value
 
 
-def _unescape(value: str) -> str:
-    if "\\" not in value:
-        return value
-    out = []
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            nxt = value[i + 1]
-            out.append({"\\": "\\", '"': '"', "n": "\n"}.get(nxt, ch + nxt))
-            i += 2
-        else:
+def go_int64(raw: bytes) -> int:
+    """Parse a decimal timestamp as Go's ``strconv.ParseInt(s, 10, 64)`` (digits only here)."""
+    value = int(raw)
+    if value > _INT64_MAX:
+        raise ValueError(f"strconv.ParseInt: parsing {_go_quote(raw)}: value out of range")
+    return value
+
+
+def go_int64_from_float(value: float) -> int:
+    """Go's ``int64(f)`` conversion on amd64: out of range (and NaN) gives the minimum."""
+    if value != value or not -9.223372036854775808e18 <= value < 9.223372036854775808e18:
+        return -(2**63)
+    return int(value)
+
+
+def format_value(value: float) -> str:
+    """A sample value as Prometheus's HTTP API prints it.
+
+    That is Go's ``strconv.FormatFloat(v, 'f', -1, 64)``, or ``'e'`` when
+    ``|v| < 1e-6`` or ``|v| >= 1e21``: ``"1"``, ``"2.5"``, ``"0.00001"``, ``"1e-07"``,
+    ``"1e+21"``, ``"-0"``, ``"NaN"``, ``"+Inf"``, ``"-Inf"``.
+    """
+    if value != value:
+        return "NaN"
+    if value in _INFINITIES:
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    digits = Decimal(repr(value)).normalize()
+    magnitude = abs(value)
+    if 1e-6 <= magnitude < 1e21:
+        return format(digits, "f")
+    sign, figures, exponent = digits.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, figures)).rstrip("0") or "0"
+    exp10 = exponent + len(figures) - 1
+    mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+
+
+def _go_quote(raw: bytes) -> str:
+    """Roughly Go's ``%q`` of a byte string."""
+    out = ['"']
+    for ch in raw.decode("utf-8", "backslashreplace"):
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch.isprintable():
             out.append(ch)
-            i += 1
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else ch)
+    out.append('"')
     return "".join(out)
 
 
+_INFINITIES = (math.inf, -math.inf)
+_INT64_MAX = 2**63 - 1
+
+# ----------------------------------------------------------------------- label set checks
+
+_METRIC_NAME_OK = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+def finish_labels(name: str, pairs: list[tuple[bytes, bytes]], unescape: bool = True
+                  ) -> tuple[str, dict[str, str]]:
+    """Turn raw label pairs into Prometheus's stored label set, or reject it.
+
+    As Prometheus's scrape loop does: label values must be UTF-8; a ``__name__`` label in
+    braces is an error (invalid name when empty, duplicate otherwise); empty values are
+    dropped (``WithoutEmpty``); then a label name seen twice is an error.
+    """
+    labels: dict[str, str] = {}
+    for lname_b, raw in pairs:
+        lname = lname_b.decode("ascii")
+        if unescape and b"\\" in raw:
+            raw = _unescape(raw)
+        value = raw.decode("utf-8")  # checked valid by the caller
+        if lname == "__name__":
+            if not value or not _METRIC_NAME_OK.match(value):
+                raise ParseError(f"invalid metric name or label names: {_lset(name, pairs)}")
+            raise ParseError('label name "__name__" is not unique: invalid sample')
+        if not value:
+            continue
+        if lname in labels:
+            raise ParseError(f'label name "{lname}" is not unique: invalid sample')
+        labels[lname] = value
+    return name, labels
+
+
+def _lset(name: str, pairs: list[tuple[bytes, bytes]]) -> str:
+    items = sorted([("__name__", name)] + [(k.decode("ascii"), v.decode("utf-8", "replace"))
+                                           for k, v in pairs])
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in items) + "}"
+
+
+def _unescape(raw: bytes) -> bytes:
+    """Prometheus's label value unescaping: ``\\"``, ``\\\\`` and ``\\n``; others stay."""
+    return _ESCAPE.sub(_escape_sub, raw)
+
+
+_ESCAPE = re.compile(rb'\\(["\\n])')
+
+
+def _escape_sub(m: re.Match[bytes]) -> bytes:
+    ch = m.group(1)
+    return b"\n" if ch == b"n" else ch
+
+
+# ------------------------------------------------------------------ the exact text lexer
+
+T_INVALID, T_EOF, T_LINEBREAK, T_WS, T_HELP, T_TYPE, T_UNIT, T_EOFWORD, T_TEXT = range(-1, 8)
+T_COMMENT, T_MNAME, T_BOPEN, T_BCLOSE, T_LNAME, T_LVALUE, T_COMMA, T_EQUAL = range(8, 16)
+T_TIMESTAMP, T_VALUE = 16, 17
+
+TOKEN_NAMES = {
+    T_INVALID: "INVALID", T_EOF: "EOF", T_LINEBREAK: "LINEBREAK", T_WS: "WHITESPACE",
+    T_HELP: "HELP", T_TYPE: "TYPE", T_UNIT: "UNIT", T_EOFWORD: "EOFWORD", T_TEXT: "TEXT",
+    T_COMMENT: "COMMENT", T_MNAME: "MNAME", T_BOPEN: "BOPEN", T_BCLOSE: "BCLOSE",
+    T_LNAME: "LNAME", T_LVALUE: "LVALUE", T_EQUAL: "EQUAL", T_COMMA: "COMMA",
+    T_TIMESTAMP: "TIMESTAMP", T_VALUE: "VALUE",
+}
+
+S_INIT, S_COMMENT, S_META1, S_META2, S_LABELS, S_LVALUE, S_VALUE, S_TIMESTAMP = range(8)
+S_EXEMPLAR, S_EVALUE, S_ETIMESTAMP = 8, 9, 10
+
+_P_WS = re.compile(rb"[ \t]+")
+_P_WS_NUL = re.compile(rb"[ \t](?:\x00*[ \t])*\x00*")
+_P_MNAME = re.compile(rb"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_P_LNAME = re.compile(rb"[a-zA-Z_][a-zA-Z0-9_]*")
+_P_HELP = re.compile(rb"H\x00*E\x00*L\x00*P\x00*[ \t](?:\x00*[ \t])*\x00*")
+_P_TYPE = re.compile(rb"T\x00*Y\x00*P\x00*E\x00*[ \t](?:\x00*[ \t])*\x00*")
+_P_LVALUE = re.compile(rb'"(?:[^"\\]|\\\x00*[^\n\x00])*"\x00*')
+_P_VALUE = re.compile(rb"[^{ \t\n\x00]+")
+_P_DIGITS = re.compile(rb"[0-9]+")
+_P_HASH_WS = re.compile(rb"#[ \t]+")
+_P_BLANK_TEXT = re.compile(rb"[ \t][ \t\x00]*\n")
+
+
+class PromLexer:
+    """Prometheus 2.42's text-format lexer, rule for rule, on bytes.
+
+    The input gets a trailing newline, as Prometheus adds one. NUL bytes behave as in
+    Prometheus: skipped inside label values, help text and comments, the end of input at
+    the start of a line or right after ``#``, and invalid elsewhere.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.b = body + b"\n"
+        self.i = 0
+        self.start = 0
+        self.state = S_INIT
+
+    def buf(self) -> bytes:
+        return self.b[self.start:self.i]
+
+    def _take(self, pattern: re.Pattern[bytes]) -> bool:
+        m = pattern.match(self.b, self.i)
+        if m is None:
+            return False
+        self.i = m.end()
+        return True
+
+    def lex(self) -> int:
+        b = self.b
+        if self.i >= len(b):
+            return T_EOF
+        self.start = self.i
+        while True:
+            state = self.state
+            c = b[self.i]
+            if state == S_INIT:
+                if c == 0:
+                    self.i += 1
+                    return T_EOF
+                if c == 10:
+                    self.i += 1
+                    return T_LINEBREAK
+                if c in (32, 9):
+                    self._take(_P_WS)
+                    return T_WS
+                if c == 35:  # '#'
+                    if self._take(_P_HASH_WS):
+                        self.state = S_COMMENT
+                        continue
+                    self.i += 1
+                    return self._consume_comment(skip_nul=False)
+                if self._take(_P_MNAME):
+                    self.state = S_VALUE
+                    return T_MNAME
+                return T_INVALID
+            if state == S_COMMENT:
+                if self._take(_P_HELP):
+                    self.state = S_META1
+                    return T_HELP
+                if self._take(_P_TYPE):
+                    self.state = S_META1
+                    return T_TYPE
+                if c in (32, 9):
+                    self._take(_P_WS_NUL)
+                    return T_WS
+                return self._consume_comment(skip_nul=True)
+            if state == S_META1:
+                if self._take(_P_MNAME):
+                    self.state = S_META2
+                    return T_MNAME
+                if self._take(_P_WS):
+                    return T_WS
+                return T_INVALID
+            if state == S_META2:
+                if c in (32, 9) and _P_BLANK_TEXT.match(b, self.i):
+                    self._take(_P_WS_NUL)
+                    return T_WS
+                if c != 0 and c != 10:
+                    self.i = b.index(b"\n", self.i)
+                self.state = S_INIT
+                return T_TEXT
+            if state == S_LABELS:
+                if c == 44:
+                    self.i += 1
+                    return T_COMMA
+                if c == 61:
+                    self.i += 1
+                    self.state = S_LVALUE
+                    return T_EQUAL
+                if c == 125:
+                    self.i += 1
+                    self.state = S_VALUE
+                    return T_BCLOSE
+                if self._take(_P_WS):
+                    return T_WS
+                if self._take(_P_LNAME):
+                    return T_LNAME
+                return T_INVALID
+            if state == S_LVALUE:
+                if self._take(_P_LVALUE):
+                    self.state = S_LABELS
+                    return T_LVALUE
+                if c in (32, 9):
+                    self._take(_P_WS_NUL)
+                    return T_WS
+                return T_INVALID
+            if state == S_VALUE:
+                if c == 123:
+                    self.i += 1
+                    self.state = S_LABELS
+                    return T_BOPEN
+                if self._take(_P_WS):
+                    return T_WS
+                if self._take(_P_VALUE):
+                    self.state = S_TIMESTAMP
+                    return T_VALUE
+                return T_INVALID
+            # S_TIMESTAMP
+            if c == 10:
+                self.i += 1
+                self.state = S_INIT
+                return T_LINEBREAK
+            if self._take(_P_WS):
+                return T_WS
+            if self._take(_P_DIGITS):
+                return T_TIMESTAMP
+            return T_INVALID
+
+    def _consume_comment(self, skip_nul: bool) -> int:
+        b = self.b
+        if b[self.i] == 0:
+            return T_EOF
+        if skip_nul:
+            self.i = b.index(b"\n", self.i)
+        else:
+            nl = b.index(b"\n", self.i)
+            nul = b.find(b"\x00", self.i, nl)
+            if nul >= 0:
+                self.i = nul
+                return T_EOF
+            self.i = nl
+        self.state = S_INIT
+        return T_COMMENT
+
+    def line(self, pos: int | None = None) -> int:
+        """1-based line number of ``pos`` (default: the current token's start)."""
+        return self.b.count(b"\n", 0, self.start if pos is None else pos) + 1
+
+
+def parse_error(expected: str, got: int) -> str:
+    return f'{expected}, got "{TOKEN_NAMES[got]}"'
+
+
+_TEXT_TYPES = {b"counter": "counter", b"gauge": "gauge", b"histogram": "histogram",
+               b"summary": "summary", b"untyped": "untyped"}
+
+
+class _ExactText:
+    """Prometheus 2.42's ``PromParser.Next`` loop over a whole body, with line numbers."""
+
+    def __init__(self, body: bytes, full: bool) -> None:
+        self.lx = PromLexer(body)
+        self.full = full
+        self.samples: list[RawSample] = []
+        self.named: list[Sample] = []
+        self.types: dict[str, str] = {}
+
+    def fail(self, message: str, pos: int | None = None) -> ParseError:
+        return ParseError(f"line {self.lx.line(pos)}: {message}")
+
+    def token(self) -> int:
+        lx = self.lx
+        while True:
+            tok = lx.lex()
+            if tok != T_WS:
+                return tok
+
+    def run(self) -> None:
+        lx = self.lx
+        while True:
+            entry_start = lx.i
+            t = self.token()
+            if t == T_EOF:
+                return
+            if t == T_LINEBREAK:
+                continue
+            if t in (T_HELP, T_TYPE):
+                self.meta(t)
+            elif t == T_COMMENT:
+                t2 = self.token()
+                if t2 != T_LINEBREAK:
+                    raise self.fail(parse_error("linebreak expected after comment", t2))
+            elif t == T_MNAME:
+                self.sample(entry_start)
+            else:
+                raise self.fail(f'"{TOKEN_NAMES[t]}" is not a valid start token')
+
+    def meta(self, t: int) -> None:
+        lx = self.lx
+        what = TOKEN_NAMES[t]
+        t2 = self.token()
+        if t2 != T_MNAME:
+            raise self.fail(parse_error("expected metric name after " + what, t2))
+        name = lx.buf()
+        if self.token() != T_TEXT:
+            raise self.fail(f"expected text in {what}")
+        raw = lx.buf()
+        text = raw[1:] if len(raw) > 1 else b""
+        if t == T_TYPE:
+            mtype = _TEXT_TYPES.get(text)
+            if mtype is None:
+                raise self.fail(f"invalid metric type {_go_quote(text)}")
+            self.types[name.decode("ascii")] = mtype
+        else:
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.fail("help text is not a valid utf8 string") from None
+        t3 = self.token()
+        if t3 != T_LINEBREAK:
+            raise self.fail(parse_error("linebreak expected after metadata", t3))
+
+    def sample(self, entry_start: int) -> None:
+        lx = self.lx
+        name_start = lx.start
+        name_end = lx.i
+        pairs: list[tuple[bytes, bytes]] = []
+        series_end = name_end
+        t2 = self.token()
+        if t2 == T_BOPEN:
+            self.labels(pairs)
+            series_end = lx.i
+            t2 = self.token()
+        if t2 != T_VALUE:
+            raise self.fail(parse_error("expected value after metric", t2))
+        try:
+            value = go_float(lx.buf())
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+        ts: int | None = None
+        t3 = self.token()
+        if t3 == T_TIMESTAMP:
+            try:
+                ts = go_int64(lx.buf())
+            except ValueError as exc:
+                raise self.fail(str(exc)) from None
+            t4 = self.token()
+            if t4 != T_LINEBREAK:
+                raise self.fail(parse_error("expected next entry after timestamp", t4))
+        elif t3 != T_LINEBREAK:
+            raise self.fail(parse_error("expected timestamp or new record", t3))
+        b = lx.b
+        if name_start != entry_start:
+            # Prometheus keeps the leading whitespace in the metric name, which then fails
+            # the scrape loop's name check.
+            lead = b[entry_start:name_end].decode("ascii")
+            raise self.fail(f'invalid metric name or label names: {{__name__="{lead}"}}',
+                            name_start)
+        series = b[name_start:series_end].decode("utf-8", "surrogateescape")
+        self.samples.append((series, value, ts))
+        if self.full:
+            try:
+                name, labels = finish_labels(b[name_start:name_end].decode("ascii"), pairs)
+            except ParseError as exc:
+                raise self.fail(str(exc), name_start) from None
+            self.named.append((name, labels, value, ts))
+
+    def labels(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        lx = self.lx
+        t = self.token()
+        while True:
+            if t == T_BCLOSE:
+                return
+            if t != T_LNAME:
+                raise self.fail(parse_error("expected label name", t))
+            lname = lx.buf()
+            t = self.token()
+            if t != T_EQUAL:
+                raise self.fail(parse_error("expected equal", t))
+            t = self.token()
+            if t != T_LVALUE:
+                raise self.fail(parse_error("expected label value", t))
+            raw = lx.buf()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.fail("invalid UTF-8 label value") from None
+            pairs.append((lname, raw[1:-1]))
+            t = self.token()
+            if t == T_COMMA:
+                t = self.token()
+
+
+# ------------------------------------------------------------------- the text format
+
+VALUE_FAST = (
+    r"[+-]?(?:[0-9]{1,200}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?"
+    r"|[+-]?[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN]"
+)
+"""Go float spellings that Python's ``float()`` reads identically and cannot overflow."""
+
+# The fast path works on "\n" + body (+ "\n"), so every line is "\n...(?=\n)": a regex
+# with a literal first character is searched far faster than one anchored with ^.
+_TEXT_SAMPLE = re.compile(
+    r"\n([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^\n]*\})?) (" + VALUE_FAST + r")(?: ([0-9]{1,18}))?"
+    r"(?=\n)"
+)
+_TEXT_COMMENT_OK = re.compile(
+    r"\n\#(?:[ \t]+HELP[ \t]+[a-zA-Z_:][^\n]*"
+    r"|[ \t]+TYPE[ \t]+[a-zA-Z_:][a-zA-Z0-9_:]*[^a-zA-Z0-9_:\n]"
+    r"(?:counter|gauge|histogram|summary|untyped)"
+    r"|(?![ \t]+(?:HELP|TYPE)[ \t])[^\n]*)(?=\n)"
+)
+_TEXT_TYPE_LINE = re.compile(
+    r"\n\#[ \t]+TYPE[ \t]+([a-zA-Z_:][a-zA-Z0-9_:]*)[^a-zA-Z0-9_:\n]"
+    r"(counter|gauge|histogram|summary|untyped)(?=\n)"
+)
+_STRINGS_CLOSED = re.compile(r'[^"]*+(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"]*+)*+\Z', re.S)
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def decode_body(body: bytes) -> str | None:
+    """The body as text for the fast paths, or ``None`` when it holds NUL or bad UTF-8."""
+    text = body.decode("utf-8", "surrogateescape")
+    if "\x00" in text:
+        return None
+    if not text.isascii() and _SURROGATE.search(text):
+        return None
+    return text
+
+
+def _fast_text(body: bytes) -> Scraped | None:
+    """The text format's fast path, or ``None`` when the body needs the exact parser.
+
+    Sound by construction: a line is taken here only when Prometheus's lexer splits it
+    the same way, provided the series text is itself valid, which `parse_series` decides
+    exactly (series text alone lexes as it does inside the line, because every quoted
+    label value in it is closed before its end).
+    """
+    text = decode_body(body)
+    if text is None:
+        return None
+    if not text:
+        return Scraped()
+    text = "\n" + text if text[-1] == "\n" else "\n" + text + "\n"
+    if "\n\n" in text:
+        return None
+    found = _TEXT_SAMPLE.findall(text)
+    comments = text.count("\n#")
+    if len(found) + comments != text.count("\n") - 1:
+        return None
+    types: dict[str, str] = {}
+    if comments:
+        if len(_TEXT_COMMENT_OK.findall(text)) != comments:
+            return None
+        types = dict(_TEXT_TYPE_LINE.findall(text))
+    for series in [s for s, _, _ in found if s.count('"') & 1 or "\\" in s]:
+        if not _STRINGS_CLOSED.match(series):
+            return None  # a label value may run on to the next line: read it exactly
+    return Scraped([(s, float(v), int(t) if t else None) for s, v, t in found], types)
+
+
 class PrometheusTextParser(Parser):
-    """The Prometheus text exposition format, version 0.0.4."""
+    """The Prometheus text exposition format, version 0.0.4, exactly as Prometheus 2.42."""
 
     kind = "prometheus-text"
     content_types = ("text/plain",)
+    accept_header = "text/plain;version=0.0.4;q=0.5"
 
     def parse(self, body: bytes) -> Scraped:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ParseError(f"invalid UTF-8 in payload at byte {exc.start}") from None
-        scraped = Scraped()
-        samples = scraped.samples
-        append = samples.append
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line:
-                continue
-            first = line[0]
-            if first == "#":
-                self._comment(line, lineno, scraped.types)
-                continue
-            if first == " " or first == "\t":
-                line = line.lstrip(" \t")
-                if not line:
-                    continue
-                if line[0] == "#":
-                    self._comment(line, lineno, scraped.types)
-                    continue
-            brace = line.rfind("}")
-            if brace >= 0:
-                series = line[: brace + 1]
-                rest = line[brace + 1 :].split()
-            else:
-                parts = line.split()
-                series = parts[0]
-                rest = parts[1:]
-            if not rest:
-                raise ParseError(f"line {lineno}: expected value after metric, got {line!r}")
-            if len(rest) > 2:
-                raise ParseError(
-                    f"line {lineno}: expected timestamp or new record, got {rest[2]!r}"
-                )
-            try:
-                value = parse_float(rest[0])
-            except ValueError:
-                raise ParseError(f"line {lineno}: invalid value {rest[0]!r}") from None
-            ts: int | None = None
-            if len(rest) == 2:
-                if not _INT.match(rest[1]):
-                    raise ParseError(f"line {lineno}: invalid timestamp {rest[1]!r}")
-                ts = int(rest[1])
-            append((series, value, ts))
+        scraped = _fast_text(body)
+        if scraped is None:
+            exact = _ExactText(body, full=False)
+            exact.run()
+            scraped = Scraped(exact.samples, exact.types)
         return scraped
 
-    @staticmethod
-    def _comment(line: str, lineno: int, types: dict[str, str]) -> None:
-        parts = line[1:].split(None, 3)
-        if len(parts) < 2 or parts[0] not in ("HELP", "TYPE"):
-            return
-        if not _METRIC_NAME.match(parts[1]):
-            raise ParseError(f"line {lineno}: invalid metric name in comment {parts[1]!r}")
-        if parts[0] == "TYPE":
-            if len(parts) != 3 or parts[2] not in _TYPES:
-                raise ParseError(f"line {lineno}: invalid metric type in {line!r}")
-            types[parts[1]] = parts[2]
+    def parse_all(self, body: bytes) -> list[Sample]:
+        exact = _ExactText(body, full=True)
+        exact.run()
+        return exact.named
 
     def parse_series(self, text: str) -> tuple[str, dict[str, str]]:
-        brace = text.find("{")
-        if brace < 0:
-            name = text
-            if not _METRIC_NAME.match(name):
-                raise ParseError(f"invalid metric name {name!r}")
-            return name, {}
-        name = text[:brace].rstrip(" \t")
-        if not _METRIC_NAME.match(name):
-            raise ParseError(f"invalid metric name {name!r} in {text!r}")
-        inner = text[brace + 1 : -1]
-        labels: dict[str, str] = {}
-        pos = 0
-        stripped = inner.strip(" \t")
-        while stripped and pos < len(inner):
-            m = _LABEL_PAIR.match(inner, pos)
-            if m is None:
-                raise ParseError(f"invalid label set in {text!r} at offset {brace + 1 + pos}")
-            key = m.group(1)
-            if key in labels:
-                raise ParseError(f"label name {key!r} is not unique in {text!r}")
-            labels[key] = _unescape(m.group(2))
-            pos = m.end()
-            if m.group(3) == "," and not inner[pos:].strip(" \t"):
-                break
-        return name, labels
+        raw = text.encode("utf-8", "surrogateescape")
+        exact = _ExactText(raw, full=False)
+        lx = exact.lx
+        try:
+            if exact.token() != T_MNAME or lx.start != 0:
+                raise ParseError(f"invalid series {text!r}")
+            name = lx.buf().decode("ascii")
+            pairs: list[tuple[bytes, bytes]] = []
+            end = lx.i
+            if end < len(raw):
+                if exact.token() != T_BOPEN:
+                    raise ParseError(f"invalid series {text!r}")
+                exact.labels(pairs)
+                end = lx.i
+        except ParseError as exc:
+            raise ParseError(f"{exc} in series {text!r}".replace("line 1: ", "")) from None
+        if end != len(raw):
+            raise ParseError(f"unexpected text after the label set in series {text!r}")
+        return finish_labels(name, pairs)
