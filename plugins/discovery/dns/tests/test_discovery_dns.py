@@ -228,7 +228,7 @@ async def test_a_records_follow_changes(dnsmasq):
         await eventually(lambda: addresses(manager) == [])   # NXDOMAIN: no targets
 
 
-async def test_unreachable_server_keeps_targets_and_recovers(dnsmasq):
+async def test_unreachable_server_keeps_targets_and_recovers(dnsmasq, caplog):
     config = DNSConfig(id="t", record_names=[SRV], nameservers=[dnsmasq.nameserver],
                        refresh_interval=0.3, timeout=0.5)
     async with running(config) as (discoverer, manager):
@@ -245,6 +245,9 @@ async def test_unreachable_server_keeps_targets_and_recovers(dnsmasq):
         await eventually(lambda: not discoverer.health.failing)
         await eventually(lambda: addresses(manager) == [(SRV, "node.test.internal:18100")])
         assert discoverer.health.targets == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "trawl.discovery"]
+    assert any(m.startswith("discoverer dns/t failed: could not resolve") for m in logged)
+    assert "discoverer dns/t recovered" in logged
 
 
 async def test_one_failing_name_keeps_its_last_targets(dnsmasq, tmp_path):

@@ -313,7 +313,7 @@ async def test_filters_and_role_arn(moto):
         assert credentials.token
 
 
-async def test_unreachable_endpoint_keeps_targets_and_recovers(tmp_path):
+async def test_unreachable_endpoint_keeps_targets_and_recovers(tmp_path, caplog):
     with MotoServer(tmp_path / "moto") as moto:
         ec2 = moto.client()
         first = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1)
@@ -336,6 +336,11 @@ async def test_unreachable_endpoint_keeps_targets_and_recovers(tmp_path):
             second_id = second["Instances"][0]["InstanceId"]
             await eventually(lambda: set(instances(manager)) == {second_id}, within=30)
             assert not discoverer.health.failing
+    logged = [r.getMessage() for r in caplog.records if r.name == "trawl.discovery"]
+    assert any(m.startswith("discoverer ec2/t failed: could not describe instances")
+               for m in logged)
+    assert "discoverer ec2/t recovered" in logged
+    assert not any(SECRET in r.getMessage() for r in caplog.records)
 
 
 async def test_garbage_answers_are_an_error():

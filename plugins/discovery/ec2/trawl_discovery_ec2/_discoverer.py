@@ -138,6 +138,21 @@ class EC2Discoverer(trawl.RefreshDiscoverer):
         self._expires: datetime.datetime | None = None
         self._az_ids: dict[str, str] | None = None
 
+    async def run(
+        self, groups: trawl.GroupSender, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await super().run(groups, task_status=task_status)
+        finally:
+            self._drop_client()
+
+    def _drop_client(self) -> None:
+        """Close the client's connection pool (it is built again when needed)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     async def refresh(self) -> list[trawl.TargetGroup]:
         # A refresh runs in a worker thread; if it outlives the deadline it is abandoned
         # (botocore's own timeouts end it) and the limiter keeps the next one waiting.
@@ -154,7 +169,7 @@ class EC2Discoverer(trawl.RefreshDiscoverer):
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in _AUTH_ERRORS:
-                self._client = None
+                self._drop_client()
             raise EC2Error(f"could not describe instances: {exc}") from None
         except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError,
                 ValueError) as exc:
@@ -188,6 +203,7 @@ class EC2Discoverer(trawl.RefreshDiscoverer):
         if self._client is not None and (self._expires is None
                                          or now < self._expires - _RENEW_BEFORE):
             return self._client
+        self._drop_client()
         c = self.config
         secret = c.secret_key.get_secret_value()
         session = boto3.session.Session(
