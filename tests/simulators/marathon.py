@@ -94,6 +94,25 @@ def app(app_id: str, tasks: list[dict[str, Any]], *, labels: dict[str, str] | No
     return out
 
 
+class _Server(ThreadingHTTPServer):
+    """Does any TLS handshake in the request's thread, so a bad client blocks no one."""
+
+    tls_context: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls_context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            tls = self.tls_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            tls.close()
+
+
 class MarathonSimulator:
     """A real HTTP(S) server on 127.0.0.1 speaking Marathon's ``/v2/apps`` API.
 
@@ -126,7 +145,7 @@ class MarathonSimulator:
         elif basic_auth is not None:
             pair = f"{basic_auth[0]}:{basic_auth[1]}".encode()
             self._expected_auth = "Basic " + base64.b64encode(pair).decode()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self.set_apps(apps or [])
@@ -215,9 +234,8 @@ class MarathonSimulator:
 
     def start(self) -> MarathonSimulator:
         """Listen (again) on the same port."""
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        if self.ssl_context is not None:
-            server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True)
+        server = _Server(("127.0.0.1", self.port), self._handler())
+        server.tls_context = self.ssl_context
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"marathon-sim-{self.port}", daemon=True)
