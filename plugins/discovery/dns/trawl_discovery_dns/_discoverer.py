@@ -16,6 +16,7 @@ NAME_LABEL = "__meta_dns_name"
 SRV_TARGET_LABEL = "__meta_dns_srv_record_target"
 SRV_PORT_LABEL = "__meta_dns_srv_record_port"
 MX_TARGET_LABEL = "__meta_dns_mx_record_target"
+PER_TRY_TIMEOUT = 2.0  # one query to one server, as Go's dns.Client (Prometheus)
 
 
 class DNSConfig(trawl.DiscovererConfig):
@@ -113,13 +114,14 @@ class DNSDiscoverer(trawl.RefreshDiscoverer):
         else:
             resolver = dns.asyncresolver.Resolver()  # /etc/resolv.conf, as Prometheus
         resolver.lifetime = self.config.timeout
-        resolver.timeout = self.config.timeout
+        resolver.timeout = min(PER_TRY_TIMEOUT, self.config.timeout)
         resolver.cache = None
         return resolver
 
     async def refresh(self) -> list[trawl.TargetGroup]:
-        if self._resolver is None:
-            # Reading /etc/resolv.conf is file I/O: keep it off the Trio thread.
+        if self._resolver is None or not self.config.nameservers:
+            # /etc/resolv.conf is read again on every refresh, as Prometheus does; it is
+            # file I/O, so not on the Trio thread.
             self._resolver = await trio.to_thread.run_sync(self._make_resolver)
         errors: dict[str, str] = {}
 
