@@ -139,6 +139,8 @@ def test_url_as_prometheus_builds_it():
         {**base, "role": "cn", "version": 2})) == "https://cmon.example:9163/v2/gz/discover"
     assert discovery_url(TritonConfig.model_validate({**base, "groups": ["a b", "c"]})) == \
         "https://cmon.example:9163/v1/discover?groups=a+b%2Cc"
+    assert discovery_url(TritonConfig.model_validate({**base, "endpoint": "::1"})) == \
+        "https://[::1]:9163/v1/discover"
 
 
 # ---------------------------------------------------------------------- against Prometheus

@@ -46,7 +46,7 @@ class TritonConfig(trawl.DiscovererConfig):
             for key in ("account", "dns_suffix", "endpoint"):
                 if not getattr(self, key):
                     raise ValueError(f"{key.replace('_', '-')} is required")
-        if "/" in self.endpoint or "://" in self.endpoint:
+        if "/" in self.endpoint or "[" in self.endpoint:
             raise ValueError(f"endpoint: {self.endpoint!r} must be a host name, without "
                              "scheme or path (the port is the port key)")
         if not 0 < self.port < 65536:
@@ -67,7 +67,8 @@ class TritonFormatError(ValueError):
 def discovery_url(config: TritonConfig) -> str:
     """``https://<endpoint>:<port>/v<version>/discover`` (``/gz/discover`` for ``cn``)."""
     path = "discover" if config.role == "container" else "gz/discover"
-    url = f"https://{config.endpoint}:{config.port}/v{config.version}/{path}"
+    host = f"[{config.endpoint}]" if ":" in config.endpoint else config.endpoint
+    url = f"https://{host}:{config.port}/v{config.version}/{path}"
     if config.groups:
         url += "?groups=" + urllib.parse.quote_plus(",".join(config.groups))
     return url
