@@ -14,6 +14,7 @@ import http.server
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import pluggy
@@ -175,7 +176,7 @@ async def exposition_target(
             await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio.serve_tcp, handle, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         yield f"127.0.0.1:{port}"
         nursery.cancel_scope.cancel()
