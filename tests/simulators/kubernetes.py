@@ -66,6 +66,8 @@ def status(code: int, reason: str, message: str) -> Obj:
 
 # --- selectors -------------------------------------------------------------------------
 
+_KEY_RE = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_VALUE_RE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _SET_RE = re.compile(r"^\s*([A-Za-z0-9._/-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
 
 
@@ -109,6 +111,12 @@ def parse_label_selector(text: str) -> list[tuple[str, str, set[str]]]:
             out.append((part, "exists", set()))
         else:
             raise ValueError(f"unable to parse requirement: {part!r}")
+    for key, _, values in out:
+        if not _KEY_RE.fullmatch(key):
+            raise ValueError(f"invalid label key {key!r}")
+        for value in values:
+            if not _VALUE_RE.fullmatch(value):
+                raise ValueError(f"invalid label value {value!r}")
     return out
 
 
@@ -154,10 +162,7 @@ def _field(obj: Obj, path: str) -> str:
 
 
 def field_matches(obj: Obj, selector: list[tuple[str, str, str]]) -> bool:
-    for path, op, value in selector:
-        if (_field(obj, path) == value) != (op == "="):
-            return False
-    return True
+    return all((_field(obj, path) == value) == (op == "=") for path, op, value in selector)
 
 
 # --- the server ------------------------------------------------------------------------
@@ -209,6 +214,8 @@ class KubernetesSimulator:
         self.oldest_rv = self.rv  # a watch from an older version is answered 410 Gone
         self.outage = False
         self.requests: list[tuple[str, dict[str, str], bool]] = []
+        self.responses: list[tuple[str, int]] = []  # (path, status); 200 for watches
+        self.gone_events = 0  # ERROR events with code 410 sent inside watch streams
         self.cond = threading.Condition()
         self._stopping = False
         self.server: ThreadingHTTPServer | None = None
@@ -325,7 +332,7 @@ class KubernetesSimulator:
         with self.cond:
             items = [o for o in self.objects[w.resource].values() if w.matches(o)]
             items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
-            prefix, kind, api_version, _ = RESOURCES[w.resource]
+            _, kind, api_version, _ = RESOURCES[w.resource]
             body = {"kind": f"{kind}List", "apiVersion": api_version,
                     "metadata": {"resourceVersion": str(self.rv)}, "items": items}
             return json.dumps(body).encode()
@@ -352,6 +359,7 @@ class KubernetesSimulator:
                         raise ConnectionAbortedError("watch cut")
                     if since < self.oldest_rv:
                         # The history was compacted under this watch.
+                        self.gone_events += 1
                         handler.send_event({"type": "ERROR", "object": status(
                             410, "Expired", f"too old resource version: {since} "
                             f"({self.oldest_rv})")})
@@ -387,7 +395,7 @@ class KubernetesSimulator:
                 elif kind == "MODIFIED" and now_ and not was:
                     kind = "ADDED"
                 elif kind == "DELETED" and not was:
-                    continue
+                    continue  # it never matched: the watcher never saw it
                 elif kind in ("ADDED", "MODIFIED") and not now_:
                     continue
                 lines.append({"type": kind, "object": self._typed(resource, new or old or {})})
@@ -433,6 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, code: int, body: Obj | bytes) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        with self.sim.cond:
+            self.sim.responses.append((urllib.parse.urlsplit(self.path).path, code))
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -449,7 +459,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         sim = self.sim
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
@@ -501,6 +511,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         timeout = min(float(query.get("timeoutSeconds", sim.max_watch_seconds)),
                       sim.max_watch_seconds)
+        with sim.cond:
+            sim.responses.append((parsed.path, 200))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -555,7 +567,8 @@ def pod(name: str, namespace: str, ip: str, *, node: str = "node-a", host_ip: st
     cond = "True" if ready else "False"
     statuses = [{"name": c["name"], "ready": ready, "restartCount": 0, "image": c["image"],
                  "imageID": f"docker-pullable://{c['image']}@sha256:{'ab' * 32}",
-                 "containerID": f"containerd://{uuid.uuid5(uuid.NAMESPACE_OID, name + c['name']).hex}",
+                 "containerID": "containerd://"
+                                + uuid.uuid5(uuid.NAMESPACE_OID, name + c["name"]).hex,
                  "started": ready, "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}
                 for c in containers]
     spec: Obj = {"nodeName": node, "containers": containers, "restartPolicy": "Always",
@@ -641,7 +654,8 @@ def endpoint_slice(name: str, namespace: str, service_name: str, ready: list[Obj
     }
 
 
-def node(name: str, internal_ip: str, *, external_ip: str = "", labels: dict[str, str] | None = None,
+def node(name: str, internal_ip: str, *, external_ip: str = "",
+         labels: dict[str, str] | None = None,
          annotations: dict[str, str] | None = None, kubelet_port: int = 10250,
          extra_addresses: list[tuple[str, str]] = ()) -> Obj:  # type: ignore[assignment]
     addresses = [{"type": "InternalIP", "address": internal_ip}]

@@ -7,10 +7,10 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
@@ -270,7 +270,7 @@ class ApiClient:
 
     @asynccontextmanager
     async def watch(self, path: str, params: dict[str, str], timeout_seconds: int
-                    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+                    ) -> AsyncIterator[AsyncGenerator[dict[str, Any], None]]:
         """A watch stream of events; the whole watch ends by its own deadline."""
         params = {**params, "watch": "1", "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(timeout_seconds)}
@@ -284,8 +284,8 @@ class ApiClient:
                 await response.aclose()
 
     async def _events(self, response: httpx.Response, path: str
-                      ) -> AsyncIterator[dict[str, Any]]:
-        async with aclosing(response.aiter_lines()) as lines:
+                      ) -> AsyncGenerator[dict[str, Any], None]:
+        async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
             async for line in lines:
                 if not line.strip():
                     continue
