@@ -174,7 +174,7 @@ async def test_v1_writes_and_creates_the_database(influxdb, tmp_path):
 async def test_v1_without_create_database_retries(influxdb, tmp_path):
     sink = InfluxDBSink(sink_config(tmp_path, urls=[influxdb.url]))
     await sink.open()
-    with pytest.raises(trawl.SinkError, match="database not found.*create-database") as info:
+    with pytest.raises(trawl.SinkError, match=r"database not found.*create-database") as info:
         await sink.write(batch("never_created"))
     assert info.value.retryable
     await sink.close()
