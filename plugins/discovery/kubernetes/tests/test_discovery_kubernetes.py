@@ -324,6 +324,33 @@ async def test_in_cluster_reads_and_follows_the_rotated_token(
     assert sim.requests[-1][2] is True
 
 
+async def test_missing_service_account_token_is_retried(
+        sim: k8s.KubernetesSimulator, tmp_path: Path) -> None:
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "ca.crt").write_bytes(sim.ca_path.read_bytes())
+    config = {"in-cluster": True, "api-servers": [sim.url], "service-account-dir": str(sa),
+              "resource": "node", "max-backoff": "1s"}
+    async with discovering(**config) as (d, m):
+        assert d.health.failing
+        assert str(sa / "token") in d.health.last_error
+        (sa / "token").write_text(TOKEN)  # the kubelet mounts it a moment later
+        await until(lambda: len(targets(m)) == 3)
+        await until(lambda: not d.health.failing)
+
+
+async def test_an_object_of_unexpected_shape_is_skipped(
+        sim: k8s.KubernetesSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    odd = k8s.pod("odd", "jobs", "127.1.1.9")
+    odd["spec"]["containers"] = "not a list"
+    sim.add("pods", odd)
+    async with discovering(**settings(sim, resource="pod", namespace="jobs")) as (_, m):
+        assert {t[P + "pod_name"] for t in targets(m)} == {"batch-x"}
+        sim.add("pods", k8s.pod("fine", "jobs", "127.1.1.10"))
+        await until(lambda: "127.1.1.10:8080" in by_address(targets(m)))
+    assert "cannot read pods jobs/odd" in caplog.text
+
+
 async def test_kubeconfig(sim: k8s.KubernetesSimulator, tmp_path: Path) -> None:
     (tmp_path / "kubeconfig").write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "sim",

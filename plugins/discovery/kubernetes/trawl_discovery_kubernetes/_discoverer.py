@@ -12,7 +12,7 @@ import trawl
 import trio
 
 from . import _labels
-from ._client import ApiClient, ApiError, ConfigurationError, Gone, connection
+from ._client import ApiClient, ApiError, ConfigurationError, Connection, Gone, connection
 from ._config import KubernetesConfig
 
 log = logging.getLogger("trawl.discovery.kubernetes")
@@ -192,6 +192,24 @@ class KubernetesDiscoverer(trawl.Discoverer):
         self.sent: dict[str, trawl.TargetGroup] = {}
         self.watchers: list[Watcher] = []
         self.client: ApiClient
+        self._started = False
+
+    async def _connection(self, task_status: trio.TaskStatus[None]) -> Connection:
+        """The connection settings; while they cannot be read (a service-account token
+        not mounted yet, a missing kubeconfig), report it and try again with backoff."""
+        backoff = MIN_BACKOFF
+        while True:
+            try:
+                return await trio.to_thread.run_sync(connection, self.config)
+            except ConfigurationError as exc:
+                if not self.health.failing:
+                    log.warning("discoverer %s failed: %s", self.name, exc)
+                self.health.failed(str(exc))
+            if not self._started:
+                self._started = True
+                task_status.started()
+            await trio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, self.config.max_backoff)
 
     # --- bookkeeping called by watchers
     def mark_dirty(self, resource: str, key: Key) -> None:
@@ -251,7 +269,14 @@ class KubernetesDiscoverer(trawl.Discoverer):
         out = []
         for key in keys:
             obj = store.get(key)
-            group = self.build(obj) if obj is not None else trawl.TargetGroup(self._source(key))
+            try:
+                group = (self.build(obj) if obj is not None
+                         else trawl.TargetGroup(self._source(key)))
+            except (TypeError, AttributeError, ValueError) as exc:
+                # An object of an unexpected shape: skip it, say which, go on with the rest.
+                log.warning("discoverer %s: cannot read %s %s/%s: %s", self.name,
+                            self.primary, key[0], key[1], exc)
+                group = trawl.TargetGroup(self._source(key))
             if not group.targets:
                 if self.sent.pop(group.source, None) is not None:
                     out.append(trawl.TargetGroup(group.source))
@@ -273,11 +298,7 @@ class KubernetesDiscoverer(trawl.Discoverer):
         self, groups: trawl.GroupSender, *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        try:
-            conn = await trio.to_thread.run_sync(connection, self.config)
-        except ConfigurationError as exc:
-            self.health.failed(str(exc))
-            raise
+        conn = await self._connection(task_status)
         self.client = ApiClient(conn, self.config.request_timeout)
         namespaces = self.config.all_namespaces or [""]
         for resource in (self.primary, *self.secondary):
@@ -290,7 +311,8 @@ class KubernetesDiscoverer(trawl.Discoverer):
                 for w in self.watchers:
                     await w.attempted.wait()
                 await self._publish(groups)
-                task_status.started()
+                if not self._started:
+                    task_status.started()
                 while True:
                     await self._wake.wait()
                     self._wake = trio.Event()
