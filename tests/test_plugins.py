@@ -142,6 +142,19 @@ def test_disable_plugins_by_entry_point_name(monkeypatch):
     assert "static-discovery" in found
 
 
+def test_a_plugin_that_cannot_be_imported_does_not_take_the_others_down(tmp_path, monkeypatch):
+    info = tmp_path / "trawl_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: trawl-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[trawl]\nbroken = trawl_no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = trawl.get_plugin_manager()
+    assert "No module named 'trawl_no_such_module'" in pm.broken["broken"]
+    assert "file-sink" in kinds(pm)
+    listed = {p["name"]: p for p in trawl.list_plugins(pm)}
+    assert listed["broken"]["error"] == pm.broken["broken"]
+
+
 def trawl_cli(*args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run([sys.executable, "-m", "trawl", *args], capture_output=True,
                             text=True, timeout=60, env={**os.environ, **(env or {})})

@@ -102,7 +102,10 @@ def _plugins(pm: Any, registry: Registry, as_json: bool) -> int:
     width = max((len(p["distribution"] or p["name"]) for p in plugins), default=10)
     for p in plugins:
         dist = p["distribution"] or p["name"]
-        print(f"{dist:<{width}}  {p['version']:<8}  {', '.join(p['kinds']) or '-'}")
+        kinds = ", ".join(p["kinds"]) or "-"
+        if "error" in p:
+            kinds = f"cannot be loaded: {p['error']}"
+        print(f"{dist:<{width}}  {p['version']:<8}  {kinds}")
     return 0
 
 

@@ -248,7 +248,7 @@ def _validate(
     index: int | None, problems: list[str],
 ) -> Any:
     try:
-        return model.model_validate(entry)
+        return model.model_validate(entry, by_alias=True, by_name=False)
     except ValidationError as exc:
         where = _where(path, section, index, entry)
         for err in exc.errors(include_url=False, include_input=False):
@@ -282,7 +282,7 @@ def _processors(
             problems.append(f'{sub}: key "kind": unknown processor {kind!r} (known: {known})')
             continue
         try:
-            out.append((cls, cls.Config.model_validate(entry)))
+            out.append((cls, cls.Config.model_validate(entry, by_alias=True, by_name=False)))
         except ValidationError as exc:
             for err in exc.errors(include_url=False, include_input=False):
                 problems.append(f"{sub} (kind = \"{kind}\"): {_describe(err)}")

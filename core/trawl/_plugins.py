@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from ._parsing import Parser
     from ._processing import Processor
     from ._sinks import Sink
+
+log = logging.getLogger("trawl.plugins")
 
 ENTRY_POINT_GROUP = "trawl"
 DEFAULT_PLUGINS = ("trawl.builtin.parsers",)
@@ -73,9 +76,35 @@ def disabled_plugins(env: dict[str, str] | None = None) -> list[str]:
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering each entry point's distribution and broken plugins."""
+
+    def __init__(self) -> None:
+        super().__init__("trawl")
+        self.distributions: dict[str, tuple[str, str]] = {}
+        self.broken: dict[str, str] = {}
+
+    def load_trawl_entrypoints(self) -> None:
+        """Load every ``trawl`` entry point; one that fails to import is logged and skipped."""
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                if (ep.group != ENTRY_POINT_GROUP or self.get_plugin(ep.name) is not None
+                        or self.is_blocked(ep.name)):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:  # a broken plugin must not take the others down
+                    self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                    log.error("plugin %s (%s) cannot be loaded: %s", ep.name,
+                              dist.metadata["Name"], self.broken[ep.name])
+                    continue
+                self.register(plugin, name=ep.name)
+                self.distributions[ep.name] = (dist.metadata["Name"], dist.version)
+
+
 def get_plugin_manager(
     *, load_entrypoints: bool = True, plugins: Iterable[object] = ()
-) -> pluggy.PluginManager:
+) -> PluginManager:
     """Build a fresh plugin manager.
 
     Args:
@@ -84,12 +113,12 @@ def get_plugin_manager(
         they need through ``plugins``.
       plugins: Extra plugin objects (modules or instances with hookimpls) to register.
     """
-    pm = pluggy.PluginManager("trawl")
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for name in disabled_plugins():
         pm.set_blocked(name)
     if load_entrypoints:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        pm.load_trawl_entrypoints()
     for name in DEFAULT_PLUGINS:
         if not pm.is_blocked(name):
             pm.register(importlib.import_module(name), name)
@@ -143,15 +172,14 @@ def list_plugins(
 ) -> list[dict[str, Any]]:
     """What ``trawl plugins`` prints: per plugin its distribution, version and kinds."""
     registry = registry or collect(pm)
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    dists = pm.distributions if isinstance(pm, PluginManager) else {}
     core_version = importlib.metadata.version("trawl")
     out = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist = dists.get(id(plugin))
-        if dist is not None:
-            distribution, version = dist.metadata["Name"], dist.version
+        if name in dists:
+            distribution, version = dists[name]
         elif name in DEFAULT_PLUGINS:
             distribution, version = "trawl", core_version
         else:
@@ -162,4 +190,7 @@ def list_plugins(
             "version": version,
             "kinds": sorted(registry.kinds_of(name)),
         })
+    for name, error in getattr(pm, "broken", {}).items():
+        out.append({"name": name, "distribution": "", "version": "", "kinds": [],
+                    "error": error})
     return sorted(out, key=lambda p: (p["distribution"] != "trawl", p["name"]))

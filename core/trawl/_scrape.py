@@ -201,14 +201,22 @@ class ScrapeLoop:
         now = trio.current_time()
         phase = target_offset(self.target, interval)
         deadline = now + ((phase - now) % interval)
+        pool = self.pool
         async with http_client(self.scraper) as client:
             while True:
                 await trio.sleep_until(deadline)
+                late = trio.current_time() - deadline
+                if late > pool.max_lateness:
+                    pool.max_lateness = late
+                if late > 1.0:
+                    pool.late_scrapes += 1
                 await self.scrape_once(client)
                 deadline += interval
                 now = trio.current_time()
                 if deadline <= now:  # fell behind: skip the missed slots, keep the phase
-                    deadline += math.ceil((now - deadline) / interval) * interval
+                    missed = math.ceil((now - deadline) / interval)
+                    pool.missed_scrapes += missed
+                    deadline += missed * interval
 
     async def scrape_once(self, client: httpx.AsyncClient) -> None:
         started = time.time()
@@ -423,6 +431,9 @@ class ScrapePool:
     )
     dropped: list[tuple[DiscoveredTarget, str]] = field(default_factory=list)
     accept: str = ACCEPT_TEXT
+    max_lateness: float = 0.0
+    late_scrapes: int = 0
+    missed_scrapes: int = 0
 
     def __post_init__(self) -> None:
         accepts = [p.accept_header for p in self.registry.parsers.values()

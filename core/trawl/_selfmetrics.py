@@ -53,6 +53,15 @@ def render(host: Host) -> str:
             float(len(pool.loops)), scraper=job)
         fam("trawl_scrape_targets_dropped", "gauge", "Discovered targets not scraped.").add(
             float(len(pool.dropped)), scraper=job)
+        fam("trawl_scrape_lateness_max_seconds", "gauge",
+            "Longest delay of a scrape's start after its scheduled time.").add(
+            pool.max_lateness, scraper=job)
+        fam("trawl_scrape_late_total", "counter",
+            "Scrapes that started more than 1 s after their scheduled time.").add(
+            float(pool.late_scrapes), scraper=job)
+        fam("trawl_scrape_missed_total", "counter",
+            "Scheduled scrapes skipped because the previous one overran.").add(
+            float(pool.missed_scrapes), scraper=job)
         for loop, _ in pool.loops.values():
             h = loop.health
             inst = dict(loop.target.labels).get("instance", "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 ADDRESS = "__address__"
@@ -40,7 +40,7 @@ class TargetGroup:
         return out
 
 
-def group(source: str, targets: list[Mapping[str, str]] | tuple[Mapping[str, str], ...],
+def group(source: str, targets: Sequence[Mapping[str, str]],
           labels: Mapping[str, str] | None = None) -> TargetGroup:
     """Build a `TargetGroup`, copying the mappings so the sender may reuse its own."""
     return TargetGroup(source, tuple(dict(t) for t in targets), dict(labels or {}))
