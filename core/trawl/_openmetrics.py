@@ -108,6 +108,7 @@ class OpenMetricsLexer:
                         if self.i >= len(b):
                             return T_INVALID
                         continue
+                    self.i += 1  # the lexer stops after the '#'
                     return T_INVALID
                 if self._take(_P_MNAME):
                     self.state = S_VALUE
@@ -121,6 +122,7 @@ class OpenMetricsLexer:
                     if self._take(pattern):
                         self.state = S_META1
                         return tok
+                self._skip_keyword_prefix()
                 return T_INVALID
             if state == S_META1:
                 if self._take(_P_MNAME):
@@ -180,6 +182,22 @@ class OpenMetricsLexer:
             if self._take(_P_SPACED):
                 return T_TIMESTAMP
             return T_INVALID
+
+    def _skip_keyword_prefix(self) -> None:
+        """Where the lexer gives up on a partial keyword (``# HEL...``): after its prefix."""
+        b = self.b
+        for word in (b"EOF", b"HELP ", b"TYPE ", b"UNIT "):
+            if b[self.i:self.i + 1] != word[:1]:
+                continue
+            i = self.i + 1
+            for ch in word[1:]:
+                while i < len(b) and b[i] == 0:
+                    i += 1
+                if i >= len(b) or b[i] != ch:
+                    break
+                i += 1
+            self.i = i
+            return
 
     def line(self, pos: int | None = None) -> int:
         return self.b.count(b"\n", 0, self.start if pos is None else pos) + 1

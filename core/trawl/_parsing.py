@@ -157,23 +157,30 @@ def format_value(value: float) -> str:
 
 
 def _go_quote(raw: bytes) -> str:
-    """Roughly Go's ``%q`` of a byte string."""
+    """Go's ``%q`` of a byte string (``strconv.Quote``)."""
     out = ['"']
-    for ch in raw.decode("utf-8", "backslashreplace"):
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
         if ch == '"' or ch == "\\":
             out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
         elif ch.isprintable():
             out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
         else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else ch)
+            out.append(f"\\U{code:08x}")
     out.append('"')
     return "".join(out)
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v"}
 _INFINITIES = (math.inf, -math.inf)
 _INT64_MAX = 2**63 - 1
 
@@ -184,34 +191,37 @@ _METRIC_NAME_OK = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 def finish_labels(name: str, pairs: list[tuple[bytes, bytes]], unescape: bool = True
                   ) -> tuple[str, dict[str, str]]:
-    """Turn raw label pairs into Prometheus's stored label set, or reject it.
+    """Turn raw label pairs into the label set Prometheus stores, or reject it.
 
-    As Prometheus's scrape loop does: label values must be UTF-8; a ``__name__`` label in
-    braces is an error (invalid name when empty, duplicate otherwise); empty values are
-    dropped (``WithoutEmpty``); then a label name seen twice is an error.
+    As Prometheus's scrape loop does (``labels.Builder``, then ``IsValid``, then the head's
+    duplicate check): every label whose name has an empty value somewhere in the set is
+    dropped, all of its occurrences; a ``__name__`` label in braces then either removes the
+    metric name (empty) or duplicates it; label values must be UTF-8 (the callers check).
     """
-    labels: dict[str, str] = {}
+    values: list[tuple[str, str]] = []
     for lname_b, raw in pairs:
-        lname = lname_b.decode("ascii")
         if unescape and b"\\" in raw:
             raw = _unescape(raw)
-        value = raw.decode("utf-8")  # checked valid by the caller
-        if lname == "__name__":
-            if not value or not _METRIC_NAME_OK.match(value):
-                raise ParseError(f"invalid metric name or label names: {_lset(name, pairs)}")
-            raise ParseError('label name "__name__" is not unique: invalid sample')
-        if not value:
-            continue
-        if lname in labels:
-            raise ParseError(f'label name "{lname}" is not unique: invalid sample')
-        labels[lname] = value
+        values.append((lname_b.decode("ascii"), raw.decode("utf-8")))
+    if not values:
+        return name, {}
+    empty = {k for k, v in values if not v}
+    if "__name__" in empty:
+        raise ParseError("missing metric name (__name__ label)")
+    kept = [(k, v) for k, v in values if k not in empty]
+    labels = dict(kept)
+    if len(labels) != len(kept) or "__name__" in labels:
+        if any(k == "__name__" and not _METRIC_NAME_OK.match(v) for k, v in kept):
+            raise ParseError(f"invalid metric name or label names: {_lset(name, kept)}")
+        seen: set[str] = {"__name__"}
+        dups = sorted({k for k, _ in kept if k in seen or seen.add(k)})  # type: ignore[func-returns-value]
+        raise ParseError(f'label name "{dups[0]}" is not unique: invalid sample')
     return name, labels
 
 
-def _lset(name: str, pairs: list[tuple[bytes, bytes]]) -> str:
-    items = sorted([("__name__", name)] + [(k.decode("ascii"), v.decode("utf-8", "replace"))
-                                           for k, v in pairs])
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in items) + "}"
+def _lset(name: str, pairs: list[tuple[str, str]]) -> str:
+    items = sorted([("__name__", name), *pairs])
+    return "{" + ", ".join(f"{k}={_go_quote(v.encode())}" for k, v in items) + "}"
 
 
 def _unescape(raw: bytes) -> bytes:

@@ -1,0 +1,194 @@
+"""trawl's parsers against the real Prometheus 2.42, case by case (``tests/data/parse``).
+
+Every corpus case is served from one loopback HTTP server (one path per case, with its
+``Content-Type``); one Prometheus scrapes them all, one job per case. Per case, Prometheus's
+verdict (target ``up``/``down``) must equal trawl's, through both of trawl's routes (the
+scrape loop's ``parse`` + ``parse_series``, and ``parse_all`` as ``trawl parse`` uses it);
+for accepted cases the stored series, label values and value strings (as the query API
+prints them), and ``scrape_samples_scraped``, must equal what trawl read; for rejected
+cases, trawl's message (without its ``line N:`` prefix) must be Prometheus's ``lastError``.
+
+Deliberate differences, not in the corpus: an OpenMetrics body ending in ``#`` without a
+newline makes Prometheus 2.42 panic (index out of range); trawl rejects it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trawl._config import ScraperConfig
+from trawl._parsing import ParseError, Parser, format_value
+from trawl._plugins import Registry, collect, get_plugin_manager
+from trawl._scrape import ScrapePool
+
+from tests.data.parse import Case, load_cases
+from tests.servers import wait_until
+from tests.servers.prometheus import Prometheus
+
+pytestmark = [pytest.mark.servers, pytest.mark.slow]
+
+AUTO = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
+        "scrape_samples_post_metric_relabeling", "scrape_series_added"}
+CASES = load_cases()
+INVALID_NAMES = "invalid metric name or label names: "
+
+
+class CaseServer:
+    """Serves case N at ``/case/N``; records the request headers."""
+
+    def __init__(self, cases: list[Case]) -> None:
+        self.headers: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.headers.append(dict(self.headers.items()))
+                try:
+                    case = cases[int(self.path.rsplit("/", 1)[1])]
+                except (ValueError, IndexError):
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                if case.content_type:
+                    self.send_header("Content-Type", case.content_type)
+                self.send_header("Content-Length", str(len(case.body)))
+                self.end_headers()
+                self.wfile.write(case.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> CaseServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Prometheus's verdict, series and sample count for every case."""
+    workdir: Path = tmp_path_factory.mktemp("prom-parse")
+    with CaseServer(CASES) as server:
+        jobs = [{"job_name": f"case-{i}", "metrics_path": f"/case/{i}",
+                 "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}
+                for i in range(len(CASES))]
+        with Prometheus(workdir, jobs, drop_all=False) as prom:
+
+            def all_scraped() -> bool:
+                active = prom.targets("active")["activeTargets"]
+                return len(active) == len(CASES) and all(
+                    t["health"] in ("up", "down") for t in active)
+
+            wait_until(all_scraped, 60, "Prometheus to scrape every case")
+            targets = {t["labels"]["job"]: t for t in prom.targets("active")["activeTargets"]}
+            results: dict[str, Any] = {"accept": server.headers[0].get("Accept", "")}
+            for i, case in enumerate(CASES):
+                job = f"case-{i}"
+                query = urllib.parse.urlencode({"query": f'{{job="{job}"}}'})
+                data = get_json(f"{prom.url}/api/v1/query?{query}")["data"]["result"]
+                series, count = set(), None
+                for item in data:
+                    labels = dict(item["metric"])
+                    name = labels.pop("__name__")
+                    if name == "scrape_samples_scraped":
+                        count = int(float(item["value"][1]))
+                    if name in AUTO:
+                        continue
+                    labels.pop("job")
+                    labels.pop("instance")
+                    series.add((name, tuple(sorted(labels.items())), item["value"][1]))
+                t = targets[job]
+                results[case.name] = {"up": t["health"] == "up", "error": t["lastError"],
+                                      "series": series, "count": count}
+            yield results
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return collect(get_plugin_manager(load_entrypoints=False))
+
+
+def parser_for(registry: Registry, content_type: str) -> Parser:
+    """The parser the scrape pool would use for this ``Content-Type``."""
+    cls = registry.parser_for(content_type) or registry.parsers["prometheus-text"]
+    return cls()
+
+
+def trawl_reads(parser: Parser, body: bytes) -> tuple[list[Any] | None, str]:
+    """trawl's samples by both routes (which must agree), or None and the error."""
+    try:
+        scraped = parser.parse(body)
+        fast: list[Any] | None = [(*parser.parse_series(text), v, ts)
+                                  for text, v, ts in scraped.samples]
+    except ParseError:
+        fast = None
+    try:
+        full = parser.parse_all(body)
+    except ParseError as exc:
+        assert fast is None, f"parse() accepted what parse_all() rejects: {exc}"
+        return None, str(exc)
+    assert fast is not None, "parse_all() accepted what parse() rejects"
+    assert [(n, lab, format_value(v), ts) for n, lab, v, ts in fast] == [
+        (n, lab, format_value(v), ts) for n, lab, v, ts in full]
+    return full, ""
+
+
+def test_corpus_is_large_and_varied() -> None:
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names))
+    assert len(CASES) >= 60
+    assert sum(n.startswith("om-") for n in names) >= 20
+
+
+def test_accept_header_is_prometheus(scraped: dict[str, Any], registry: Registry) -> None:
+    prometheus = scraped["accept"]
+    assert prometheus == ("application/openmetrics-text;version=1.0.0,"
+                          "application/openmetrics-text;version=0.0.1;q=0.75,"
+                          "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    pool = ScrapePool(ScraperConfig(name="s", db="db", rp="rp"), registry, lambda batch: None)
+    assert pool.accept == prometheus
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_matches_prometheus(case: Case, scraped: dict[str, Any],
+                                 registry: Registry) -> None:
+    prom = scraped[case.name]
+    parser = parser_for(registry, case.content_type)
+    samples, error = trawl_reads(parser, case.body)
+    assert (samples is not None) == prom["up"], (
+        f"Prometheus {'accepted' if prom['up'] else 'rejected: ' + prom['error']}, "
+        f"trawl {'accepted' if samples is not None else 'rejected: ' + error}")
+    if samples is None:
+        ours = error.split(": ", 1)[1]
+        if ours.startswith(INVALID_NAMES):  # Prometheus's text adds the target's labels
+            ours, theirs = ours.split("{", 1)[0], prom["error"].split("{", 1)[0]
+        else:
+            theirs = prom["error"]
+        assert ours == theirs
+        return
+    assert prom["count"] == len(samples)
+    if case.countonly:
+        return
+    ours = {(name, tuple(sorted(labels.items())), format_value(value))
+            for name, labels, value, _ in samples}
+    assert ours == prom["series"]
