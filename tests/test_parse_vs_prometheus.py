@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 from trawl._config import ScraperConfig
-from trawl._parsing import ParseError, Parser, format_value
+from trawl._parsing import Parser
 from trawl._plugins import Registry, collect, get_plugin_manager
 from trawl._scrape import ScrapePool
 
-from tests.data.parse import Case, load_cases
+from tests.data.parse import Case, load_cases, read_both
 from tests.servers import wait_until
 from tests.servers.prometheus import Prometheus
 
@@ -134,25 +134,6 @@ def parser_for(registry: Registry, content_type: str) -> Parser:
     return cls()
 
 
-def trawl_reads(parser: Parser, body: bytes) -> tuple[list[Any] | None, str]:
-    """trawl's samples by both routes (which must agree), or None and the error."""
-    try:
-        scraped = parser.parse(body)
-        fast: list[Any] | None = [(*parser.parse_series(text), v, ts)
-                                  for text, v, ts in scraped.samples]
-    except ParseError:
-        fast = None
-    try:
-        full = parser.parse_all(body)
-    except ParseError as exc:
-        assert fast is None, f"parse() accepted what parse_all() rejects: {exc}"
-        return None, str(exc)
-    assert fast is not None, "parse_all() accepted what parse() rejects"
-    assert [(n, lab, format_value(v), ts) for n, lab, v, ts in fast] == [
-        (n, lab, format_value(v), ts) for n, lab, v, ts in full]
-    return full, ""
-
-
 def test_corpus_is_large_and_varied() -> None:
     names = [c.name for c in CASES]
     assert len(names) == len(set(names))
@@ -174,7 +155,7 @@ def test_case_matches_prometheus(case: Case, scraped: dict[str, Any],
                                  registry: Registry) -> None:
     prom = scraped[case.name]
     parser = parser_for(registry, case.content_type)
-    samples, error = trawl_reads(parser, case.body)
+    samples, error = read_both(parser, case.body)
     assert (samples is not None) == prom["up"], (
         f"Prometheus {'accepted' if prom['up'] else 'rejected: ' + prom['error']}, "
         f"trawl {'accepted' if samples is not None else 'rejected: ' + error}")
@@ -189,6 +170,6 @@ def test_case_matches_prometheus(case: Case, scraped: dict[str, Any],
     assert prom["count"] == len(samples)
     if case.countonly:
         return
-    ours = {(name, tuple(sorted(labels.items())), format_value(value))
+    ours = {(name, tuple(sorted(labels.items())), value)
             for name, labels, value, _ in samples}
     assert ours == prom["series"]

@@ -16,7 +16,7 @@ from ._config import Config, load_config, parse_config
 from ._discovery import DiscoveredTarget, DiscoveryManager
 from ._errors import ConfigError, PluginError, TrawlError
 from ._host import Host
-from ._parsing import ParseError
+from ._parsing import ParseError, format_value
 from ._plugins import Registry, collect, get_plugin_manager, list_plugins
 
 DEFAULT_CONFIG = "<embedded default>"
@@ -79,9 +79,12 @@ def _argparser() -> argparse.ArgumentParser:
     sr = sub.add_parser("run", help="discover, scrape and write")
     sr.add_argument("-c", "--config", default=None,
                     help="configuration file (default: the embedded default)")
-    spa = sub.add_parser("parse", help="parse an exposition file and print its samples")
+    spa = sub.add_parser("parse", help="parse an exposition file and print its samples as "
+                         "JSON arrays [name, {labels}, value, timestamp_ms]")
     spa.add_argument("path", help="file to parse, or - for standard input")
-    spa.add_argument("--content-type", default="text/plain; version=0.0.4")
+    spa.add_argument("--content-type", default="text/plain; version=0.0.4",
+                     help="the Content-Type it was served with (default: %(default)s); "
+                     "application/openmetrics-text selects OpenMetrics")
     return p
 
 
@@ -124,6 +127,12 @@ def _check(path: str, registry: Registry) -> int:
 
 
 def _parse(path: str, content_type: str, registry: Registry) -> int:
+    """Print one JSON array per sample: ``[name, {labels}, value, timestamp_ms or null]``.
+
+    The parser is chosen by ``content_type`` as a scrape chooses it (the text format when no
+    parser claims it). Every series is checked, and the first problem is reported with its
+    line number, as Prometheus would reject the scrape.
+    """
     if path == "-":
         body = sys.stdin.buffer.read()
     else:
@@ -134,28 +143,21 @@ def _parse(path: str, content_type: str, registry: Registry) -> int:
             print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
             return 1
     cls = registry.parser_for(content_type) or registry.parsers["prometheus-text"]
-    parser = cls()
     try:
-        scraped = parser.parse(body)
-        out = []
-        for text, value, ts in scraped.samples:
-            name, labels = parser.parse_series(text)
-            out.append(json.dumps([name, labels, _value_string(value), ts]))
+        samples = cls().parse_all(body)
     except ParseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {path}: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write("".join(line + "\n" for line in out))
+    sys.stdout.write("".join(
+        json.dumps([name, labels, _value_string(value), ts], ensure_ascii=False) + "\n"
+        for name, labels, value, ts in samples))
     return 0
 
 
 def _value_string(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e21:
-        return str(int(value)) if value != 0 or str(value)[0] != "-" else "-0"
-    return repr(value)
+    """A value as Prometheus's HTTP API prints it: ``"1"``, ``"2.5"``, ``"1e-07"``, ``"-0"``,
+    ``"NaN"``, ``"+Inf"``, ``"-Inf"`` (see `trawl._parsing.format_value`)."""
+    return format_value(value)
 
 
 def _target_line(t: DiscoveredTarget, **extra: Any) -> str:

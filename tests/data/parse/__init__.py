@@ -6,6 +6,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from trawl._parsing import ParseError, Parser, format_value
 
 CORPUS = Path(__file__).with_name("corpus.txt")
 TEXT_CT = "text/plain; version=0.0.4"
@@ -63,3 +66,33 @@ def load_cases(now: float | None = None) -> list[Case]:
         body.pop()
     flush()
     return cases
+
+
+def read_both(parser: Parser, body: bytes) -> tuple[list[Any] | None, str]:
+    """A body read by both of a parser's routes, which must agree.
+
+    The scrape loop's route is ``parse`` then ``parse_series`` per series; ``trawl parse``
+    uses ``parse_all``. Returns the samples (values as Prometheus's API prints them), or
+    ``None`` and ``parse_all``'s error.
+    """
+    try:
+        scraped = parser.parse(body)
+        fast: list[Any] | None = [(*parser.parse_series(text), format_value(v), ts)
+                                  for text, v, ts in scraped.samples]
+    except ParseError:
+        fast = None
+    error = ""
+    full: list[Any] | None = None
+    try:
+        full = [(n, lab, format_value(v), ts) for n, lab, v, ts in parser.parse_all(body)]
+    except ParseError as exc:
+        error = str(exc)
+    if full is None:
+        if fast is not None:
+            raise AssertionError(f"parse() accepted what parse_all() rejects: {error}")
+        return None, error
+    if fast is None:
+        raise AssertionError("parse_all() accepted what parse() rejects")
+    if fast != full:
+        raise AssertionError(f"parse() read {fast}, parse_all() read {full}")
+    return full, ""
