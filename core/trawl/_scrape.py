@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -14,6 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+import certifi
 import httpx
 import trio
 
@@ -64,6 +66,8 @@ class TargetHealth:
     health: str = "unknown"
     last_error: str = ""
     last_error_time: float | None = None
+    last_failure: str = ""
+    last_failure_time: float | None = None
     last_scrape: float | None = None
     last_duration: float = 0.0
     scrapes: int = 0
@@ -140,23 +144,48 @@ def target_offset(target: ScrapeTarget, interval: float) -> float:
     return (int.from_bytes(digest, "big") % max(int(interval * 1e9), 1)) / 1e9
 
 
+def ssl_context(scraper: ScraperConfig) -> ssl.SSLContext:
+    """The TLS context for a scraper's keys, built once and shared by all its targets.
+
+    Loading CA certificates costs tens of milliseconds; a context per target would block
+    the event loop for seconds with a thousand targets. A changed certificate file (by
+    modification time) gives a new context.
+    """
+    files = (scraper.ssl_ca, scraper.ssl_cert, scraper.ssl_key)
+    stamps = tuple(_mtime(f) for f in files)
+    return _ssl_context(files, stamps, scraper.insecure_skip_verify)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return -1
+
+
+@functools.lru_cache(maxsize=64)
+def _ssl_context(files: tuple[str, str, str], stamps: tuple[int, ...],
+                 insecure: bool) -> ssl.SSLContext:
+    ca, cert, key = files
+    if ca:
+        ctx = ssl.create_default_context(cafile=ca)
+    else:
+        ctx = ssl.create_default_context(cafile=certifi.where())
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def http_client(scraper: ScraperConfig) -> httpx.AsyncClient:
     """An HTTP client configured from a scraper's TLS, auth and proxy keys."""
-    verify: ssl.SSLContext | bool = True
-    if (scraper.scheme == "https" or scraper.ssl_ca or scraper.ssl_cert
-            or scraper.insecure_skip_verify):
-        ctx = ssl.create_default_context(cafile=scraper.ssl_ca or None)
-        if scraper.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if scraper.ssl_cert:
-            ctx.load_cert_chain(scraper.ssl_cert, scraper.ssl_key)
-        verify = ctx
     auth = None
     if scraper.username or scraper.password.get_secret_value():
         auth = httpx.BasicAuth(scraper.username, scraper.password.get_secret_value())
     return httpx.AsyncClient(
-        verify=verify,
+        verify=ssl_context(scraper),
         auth=auth,
         proxy=scraper.proxy_url or None,
         trust_env=False,
@@ -249,8 +278,8 @@ class ScrapeLoop:
             if h.health != "down":
                 log.warning("target %s is down: %s", self.target.url, error)
             h.health = "down"
-            h.last_error = error
-            h.last_error_time = started
+            h.last_error = h.last_failure = error
+            h.last_error_time = h.last_failure_time = started
         else:
             if h.health == "down":
                 log.warning("target %s is up again", self.target.url)
