@@ -317,13 +317,13 @@ class TrawlProcess:
                 out[key] = float(value)
         return out
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, and wait; returns the exit code."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or ``sig``), and wait; returns the exit code."""
         if self.process is None or self.process.proc is None:
             return None
         proc = self.process.proc
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
