@@ -321,6 +321,7 @@ async def test_blocking_sdk_calls_leave_the_trio_loop_free(sim, sdk_env):
         nursery.start_soon(tick)
         groups = await discoverer.refresh()
         nursery.cancel_scope.cancel()
+    discoverer.close()
     assert len(groups[0].targets) == 5
     assert ticks >= 5
 
@@ -330,7 +331,10 @@ async def test_managed_identity(sim, sdk_env, monkeypatch):
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", sim.url)
     discoverer = AzureDiscoverer(config(sim, authentication_method="ManagedIdentity",
                                         tenant_id="", client_secret=""))
-    [group] = await discoverer.refresh()
+    try:
+        [group] = await discoverer.refresh()
+    finally:
+        discoverer.close()
     assert sorted(t["__meta_azure_machine_name"] for t in group.targets) == [
         "pool_0", "pool_1", "web-1", "web-2", "win-1"]
     assert all("__meta_azure_tenant_id" not in t for t in group.targets)
@@ -380,5 +384,9 @@ def test_same_labels_as_prometheus(sim, sdk_env, tmp_path):
 
 
 async def _refresh(c: AzureConfig) -> list[dict[str, str]]:
-    [group] = await AzureDiscoverer(c).refresh()
+    discoverer = AzureDiscoverer(c)
+    try:
+        [group] = await discoverer.refresh()
+    finally:
+        discoverer.close()
     return [dict(t) for t in group.targets]

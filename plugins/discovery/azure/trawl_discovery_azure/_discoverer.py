@@ -296,6 +296,19 @@ class AzureDiscoverer(trawl.RefreshDiscoverer):
         self._clients: AzureClients | None = None
         self._limiter = trio.CapacityLimiter(_CONCURRENCY)
 
+    async def run(self, groups: trawl.GroupSender, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(groups, task_status=task_status)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the SDK clients' connections, if any."""
+        clients, self._clients = self._clients, None
+        if clients is not None:
+            clients.close()
+
     @property
     def source(self) -> str:
         return f"azure/{self.config.subscription_id}/{self.config.resource_group}"
@@ -309,6 +322,8 @@ class AzureDiscoverer(trawl.RefreshDiscoverer):
             return await self._refresh()
         except Exception as exc:
             # Start afresh next time, leaving any abandoned worker thread its own clients.
+            if not isinstance(exc, trio.TooSlowError):
+                self.close()
             self._clients = None
             raise RuntimeError(self._scrub(exc)) from None
 
