@@ -7,7 +7,8 @@ record is one batch::
 
 and the payload is one JSON line ``{"db": ..., "rp": ..., "n": <points>}`` followed by the
 batch as line protocol. A record goes to disk with a single ``write`` on a file opened for
-appending, so a crash (even SIGKILL) can only leave the record being written torn: reading
+appending, followed by ``fsync`` (once per call of `Spool.append`), so a crash (SIGKILL,
+or of the machine) can only leave the record being written torn: reading
 stops at the first record whose length or checksum does not hold, logs it, and a new run
 never appends after it (it starts a new segment).
 
@@ -226,6 +227,12 @@ class Spool:
             self._write_offset += len(data)
             self.bytes += len(data)
             self.points += len(batch)
+        if self._write_fd >= 0:
+            try:
+                os.fsync(self._write_fd)
+            except OSError as exc:
+                raise SpoolError(f"spool {self.directory}: cannot sync: "
+                                 f"{exc.strerror or exc}") from None
 
     def _make_room(self, size: int) -> None:
         dropped = 0
@@ -260,6 +267,7 @@ class Spool:
                 raise SpoolError(f"spool {self.directory}: {exc.strerror or exc}") from None
             self._write_segment = seg
             self._write_offset = 0
+            self._sync_directory()
         return self._write_fd
 
     # ------------------------------------------------------------------ reading
@@ -339,6 +347,16 @@ class Spool:
         os.replace(tmp, self.directory / ACK_FILE)
 
     # ------------------------------------------------------------------ helpers
+    def _sync_directory(self) -> None:
+        try:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
     def _path(self, seg: int) -> Path:
         return self.directory / f"{seg:012d}{SUFFIX}"
 
