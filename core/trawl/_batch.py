@@ -78,8 +78,17 @@ class Batch:
 
     def line_protocol(self) -> str:
         """The batch as InfluxDB line protocol, one point a line, ms precision."""
-        text = "\n".join(self.iter_lines())
-        return text + "\n" if text else ""
+        parts = []
+        append = parts.append
+        last_ts: int | None = None
+        suffix = ""
+        for series, value, ts in self.points:
+            if ts != last_ts:  # the points of one scrape share their timestamp
+                last_ts = ts
+                suffix = f" {ts}\n"
+            append(series.prefix + repr(value) + suffix)
+        parts.extend(line + "\n" for line in self.lines)
+        return "".join(parts)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The points as JSON-ready dicts (``lines`` are not included)."""

@@ -326,21 +326,21 @@ class ScrapeLoop:
         parser = self.pool.parser(content_type)
         scraped = parser.parse(body)
         cache = self._cache
-        fresh: dict[str, Series | None] = {}
-        added = 0
+        get = cache.get
+        new: dict[str, Series | None] = {}
         honor_ts = self.scraper.honor_timestamps
         append = points.append
-        for text, value, ts in scraped.samples:
-            series = cache.get(text, _MISSING)
+        samples = scraped.samples
+        for text, value, ts in samples:
+            series = get(text, _MISSING)
             if series is _MISSING:
-                series = fresh.get(text, _MISSING)
+                series = new.get(text, _MISSING)
                 if series is _MISSING:
-                    series = self._series(parser, text)
-                    added += 1
-            fresh[text] = series  # type: ignore[assignment]
-            if series is None or value != value or value in _INFINITIES:
+                    series = new[text] = self._series(parser, text)
+            # NaN and infinities are not writable to InfluxDB: both fail this comparison.
+            if series is None or not _NEG_INF < value < _INF:
                 continue
-            append((series, value, ts if honor_ts and ts is not None else ts_ms))  # type: ignore[arg-type]
+            append((series, value, ts_ms if ts is None or not honor_ts else ts))  # type: ignore[arg-type]
         if self.pool.processors:
             kept = points
             for processor in self.pool.processors:
@@ -349,8 +349,11 @@ class ScrapeLoop:
         limit = self.scraper.sample_limit
         if limit and len(points) > limit:
             raise ScrapeError(f"sample limit exceeded: {len(points)} samples, limit {limit}")
-        self._cache = fresh
-        return len(scraped.samples), added
+        if new:
+            cache.update(new)
+        if len(cache) > 2 * len(samples) + 64:  # series went away: forget them
+            self._cache = {t: cache[t] for t, _, _ in samples}
+        return len(samples), len(new)
 
     def _series(self, parser: Parser, text: str) -> Series:
         name, labels = parser.parse_series(text)
@@ -411,7 +414,8 @@ class _TokenFile:
 
 
 _MISSING = object()
-_INFINITIES = (math.inf, -math.inf)
+_INF = math.inf
+_NEG_INF = -math.inf
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes:
