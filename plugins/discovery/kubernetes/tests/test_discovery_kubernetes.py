@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import trawl
 import trio
 from trawl_discovery_kubernetes import KubernetesConfig, KubernetesDiscoverer
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.servers.prometheus import VMAgent, comparable
 from tests.simulators import kubernetes as k8s
 
@@ -439,6 +440,42 @@ def assert_same_targets(role: str, ours: list[dict[str, str]], theirs: list[dict
             assert mine[name] == ref[name], (role, name, mine, ref)
 
 
+def _normalized(ts: list[dict[str, str]], one_sided: set[Any]) -> Counter[str]:
+    return Counter(json.dumps({k: v for k, v in comparable(t).items()
+                               if not _allowed(k, one_sided)}, sort_keys=True) for t in ts)
+
+
+class WatchingVMAgent(VMAgent):
+    """vmagent applying Kubernetes changes every second instead of every 30 s."""
+
+    def argv(self, binary: str) -> list[str]:
+        return [*super().argv(binary), "-promscrape.kubernetesSDCheckInterval=1s"]
+
+
+def change_cluster(sim: k8s.KubernetesSimulator) -> None:
+    """Changes of every kind, streamed to both watchers."""
+    web2 = sim.get("pods", "prod", "web-7d9f-2")
+    for cond in web2["status"]["conditions"]:
+        if cond["type"] in ("Ready", "ContainersReady"):
+            cond["status"] = "True"
+    web2["metadata"]["labels"]["tier"] = "back"
+    sim.modify("pods", web2)
+    eps = sim.get("endpoints", "prod", "web")
+    subset = eps["subsets"][0]
+    subset["addresses"] += subset.pop("notReadyAddresses")
+    sim.modify("endpoints", eps)
+    sim.delete("services", "prod", "edge")
+    sim.delete("pods", "jobs", "batch-x")
+    sim.add("pods", k8s.pod("api-0", "jobs", "127.1.1.7", containers=[k8s.container(
+        "api", "registry.local/api:3", [("grpc", 9000, "TCP"), ("metrics", 9001, "TCP")])],
+        owner=("DaemonSet", "api")))
+    node_b = sim.get("nodes", "", "node-b")
+    node_b["metadata"]["labels"]["drained"] = "yes"
+    sim.modify("nodes", node_b)
+    sim.add("ingresses", k8s.ingress("new", "prod", [("new.example.invalid", ["/x"])],
+                                     tls_hosts=["new.example.invalid"]))
+
+
 @pytest.mark.servers
 def test_same_targets_as_vmagent(sim: k8s.KubernetesSimulator, tmp_path: Path) -> None:
     jobs = {role: {"resource": role} for role in ROLES}
@@ -452,9 +489,33 @@ def test_same_targets_as_vmagent(sim: k8s.KubernetesSimulator, tmp_path: Path) -
             lines += [f'namespaces = {json.dumps(extra["namespaces"])}',
                       f'label-selector = "{extra["label-selector"]}"']
     (tmp_path / "trawl.conf").write_text("\n".join(lines) + "\n")
-    ours: dict[str, list[dict[str, str]]] = {job: [] for job in jobs}
-    for t in discover_once(tmp_path / "trawl.conf"):
-        ours[t["discoverer"].split("/", 1)[1]].append(t["labels"])
+
+    def ours() -> dict[str, list[dict[str, str]]]:
+        found: dict[str, list[dict[str, str]]] = {job: [] for job in jobs}
+        for t in discover_once(tmp_path / "trawl.conf"):
+            found[t["discoverer"].split("/", 1)[1]].append(t["labels"])
+        return found
+
+    def agree(vm: VMAgent, found: dict[str, list[dict[str, str]]]) -> bool:
+        for job, extra in jobs.items():
+            assert_same_targets(extra["resource"], found[job], vm.discovered(job))
+        return True
+
+    def follows(vm: VMAgent, before: dict[str, list[dict[str, str]]],
+                after: dict[str, list[dict[str, str]]]) -> bool:
+        """Every target we find after the changes, vmagent finds too. vmagent also lists
+        dropped targets for 10 minutes after they vanish, including intermediate states
+        (a pod already changed while its endpoints were not yet), so its extras are only
+        checked to be at addresses that we knew."""
+        for job, extra in jobs.items():
+            one_sided = TRAWL_ONLY[extra["resource"]] | VMAGENT_ONLY.get(extra["resource"],
+                                                                         set())
+            theirs = _normalized(vm.discovered(job), one_sided)
+            now = _normalized(after[job], one_sided)
+            assert not now - theirs, (job, now - theirs)
+            known = {t["__address__"] for t in before[job] + after[job]}
+            assert {json.loads(t)["__address__"] for t in theirs - now} <= known, job
+        return True
 
     scrape_configs = []
     for job, extra in jobs.items():
@@ -464,13 +525,22 @@ def test_same_targets_as_vmagent(sim: k8s.KubernetesSimulator, tmp_path: Path) -
             sd["namespaces"] = {"names": extra["namespaces"]}
             sd["selectors"] = [{"role": "pod", "label": extra["label-selector"]}]
         scrape_configs.append({"job_name": job, "kubernetes_sd_configs": [sd]})
-    with VMAgent(tmp_path / "vmagent", scrape_configs) as vm:
-        for job, extra in jobs.items():
-            assert ours[job], job
-            theirs = vm.wait_discovered(job, len(ours[job]))
-            assert_same_targets(extra["resource"], ours[job], theirs)
+    before = ours()
     # the three web pods (8 + 6 + 6 targets), nothing from other namespaces or pods
-    assert len(ours["selected"]) == 20
+    assert len(before["selected"]) == 20
+    with WatchingVMAgent(tmp_path / "vmagent", scrape_configs) as vm:
+        for job in jobs:
+            assert before[job], job
+            vm.wait_discovered(job, len(before[job]))
+        agree(vm, before)
+        # then both follow the same watch streams to the same answer
+        change_cluster(sim)
+        after = ours()
+        assert len(after["selected"]) == 14  # web-7d9f-2 left the selection
+        try:
+            wait_until(lambda: follows(vm, before, after), 30, "vmagent to follow the changes")
+        finally:
+            follows(vm, before, after)
 
 
 # --- scale -----------------------------------------------------------------------------
