@@ -29,6 +29,7 @@ import copy
 import json
 import re
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -405,6 +406,11 @@ class KubernetesSimulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     ssl_context: ssl.SSLContext | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that refuses our certificate or hangs up is not the simulator's error.
+        if not isinstance(sys.exc_info()[1], ssl.SSLError | OSError):
+            super().handle_error(request, client_address)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
