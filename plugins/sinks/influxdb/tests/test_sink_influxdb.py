@@ -331,3 +331,100 @@ def test_v2_end_to_end_to_victoriametrics(victoriametrics, targets, tmp_path):
             break
         time.sleep(0.5)
     assert_same(expected, got)
+
+
+# ---------------------------------------------------------------- answers no test server gives
+class ScriptedServer:
+    """A small HTTP/1.1 server on loopback answering each request from a script.
+
+    For what neither InfluxDB 1.6.7 nor VictoriaMetrics does on demand: 503 with
+    ``Retry-After``, and InfluxDB 2.x's ``422 partial write`` on ``/api/v2/write``.
+    """
+
+    def __init__(self, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[float, str, bytes]] = []
+        self.url = ""
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        with trio.move_on_after(10):
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip()
+                           for k, _, v in (ln.partition(":") for ln in lines[1:])}
+                length = int(headers.get("content-length", "0"))
+                while len(buf) < length:
+                    buf += await stream.receive_some(65536)
+                body, buf = buf[:length], buf[length:]
+                path = lines[0].split(" ")[1]
+                if path.startswith("/ping"):
+                    status, extra, reply = 204, {}, b""
+                else:
+                    self.requests.append((trio.current_time(), path, body))
+                    status, extra, reply = self.answers.pop(0) if self.answers \
+                        else (204, {}, b"")
+                out = [f"HTTP/1.1 {status} X", f"Content-Length: {len(reply)}",
+                       "Content-Type: application/json",
+                       *(f"{k}: {v}" for k, v in extra.items())]
+                await stream.send_all(("\r\n".join(out) + "\r\n\r\n").encode() + reply)
+
+
+async def test_retry_after_from_the_server_sets_the_wait(tmp_path):
+    server = ScriptedServer([(503, {"Retry-After": "1"}, b'{"error":"busy"}'),
+                             (429, {"Retry-After": "1"}, b'{"error":"slow down"}')])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        sink = InfluxDBSink(sink_config(tmp_path, urls=[server.url],
+                                        **{"retry-initial-interval": "20s", "gzip": False}))
+        runner = trawl.SinkRunner(sink)
+        await nursery.start(runner.run)
+        runner.submit(batch("db", n=3))
+        with trio.fail_after(10):
+            while runner.stats.points_written < 3:
+                await trio.sleep(0.05)
+        await runner.close()
+        nursery.cancel_scope.cancel()
+    times = [t for t, _, _ in server.requests]
+    assert len(times) == 3
+    # Retry-After (1 s) replaced the configured 20 s backoff.
+    assert all(0.9 <= b - a < 5 for a, b in zip(times, times[1:], strict=False))
+    assert runner.stats.batches_retried == 2
+    assert server.requests[-1][2].count(b"\n") == 3
+
+
+async def test_v2_partial_write_is_counted(tmp_path):
+    body = (b'{"code":"unprocessable entity","message":"failure writing points to database:'
+            b' partial write: field type conflict: input field \\"value\\" on measurement'
+            b' \\"m\\" is type float, already exists as type integer dropped=2"}')
+    server = ScriptedServer([(422, {}, body)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        sink = InfluxDBSink(sink_config(tmp_path, urls=[server.url], api="v2", token="t0k",
+                                        org="o"))
+        runner = trawl.SinkRunner(sink)
+        await nursery.start(runner.run)
+        runner.submit(batch("db", n=5, rp="rp"))
+        with trio.fail_after(10):
+            while runner.stats.batches_written < 1:
+                await trio.sleep(0.05)
+        await runner.close()
+        nursery.cancel_scope.cancel()
+    assert runner.stats.lines_rejected == 2
+    assert runner.stats.points_written == 3
+    _, path, _ = server.requests[0]
+    assert path.startswith("/api/v2/write?")
+    assert "bucket=db%2Frp" in path
+    assert "precision=ms" in path
