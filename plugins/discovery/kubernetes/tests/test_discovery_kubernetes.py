@@ -253,6 +253,30 @@ async def test_watch_follows_changes_and_bookmarks(sim: k8s.KubernetesSimulator)
                            and q["timeoutSeconds"] for q in watches)
 
 
+@pytest.mark.parametrize("role", ["endpoints", "endpointslice"])
+async def test_endpoints_follow_their_pods_and_service(sim: k8s.KubernetesSimulator,
+                                                       role: str) -> None:
+    async with discovering(**settings(sim, resource=role, namespace="prod")) as (_, m):
+        def db() -> dict[str, str]:
+            return by_address(targets(m)).get("127.1.0.20:5432", {})
+        assert db()[P + "pod_label_app"] == "db"
+        pod = sim.get("pods", "prod", "db-0")
+        pod["metadata"]["labels"]["app"] = "database"
+        sim.modify("pods", pod)
+        await until(lambda: db().get(P + "pod_label_app") == "database")
+        svc = sim.get("services", "prod", "db")
+        svc["metadata"]["labels"] = {"owner": "dba"}
+        sim.modify("services", svc)
+        await until(lambda: db().get(P + "service_label_owner") == "dba")
+        sim.delete("services", "prod", "db")
+        await until(lambda: P + "service_name" not in db())
+        # a pod the endpoints name before it is known gets its labels once it appears
+        sim.delete("pods", "prod", "db-0")
+        await until(lambda: P + "pod_name" not in db())
+        sim.add("pods", pod)
+        await until(lambda: db().get(P + "pod_name") == "db-0")
+
+
 async def test_gone_relists_and_keeps_targets_through_an_outage(
         sim: k8s.KubernetesSimulator, caplog: pytest.LogCaptureFixture) -> None:
     async with discovering(**settings(sim, resource="pod", namespace="prod")) as (d, m):

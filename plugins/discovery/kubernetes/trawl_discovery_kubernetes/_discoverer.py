@@ -188,6 +188,9 @@ class KubernetesDiscoverer(trawl.Discoverer):
         self.stores: dict[str, dict[Key, Obj]] = {
             r: {} for r in (self.primary, *self.secondary)}
         self.dirty: set[tuple[str, Key]] = set()
+        # endpoints (slice) key -> the (resource, key) of the pods and service it refers to
+        self.references: dict[Key, set[tuple[str, Key]]] = {}
+        self.referrers: dict[tuple[str, Key], set[Key]] = {}
         self._wake = trio.Event()
         self.sent: dict[str, trawl.TargetGroup] = {}
         self.watchers: list[Watcher] = []
@@ -255,6 +258,21 @@ class KubernetesDiscoverer(trawl.Discoverer):
                   "endpoints": "endpoints", "endpointslice": "endpointslice"}[self.role]
         return f"node/{name}" if self.role == "node" else f"{prefix}/{ns}/{name}"
 
+    def _index(self, key: Key, obj: Obj | None) -> None:
+        """Remember which pods and service an endpoints object (or slice) refers to."""
+        if not self.secondary:
+            return
+        for ref in self.references.pop(key, ()):
+            self.referrers[ref].discard(key)
+            if not self.referrers[ref]:
+                del self.referrers[ref]
+        if obj is None:
+            return
+        refs = _labels.references(obj, self.role)
+        self.references[key] = refs
+        for ref in refs:
+            self.referrers.setdefault(ref, set()).add(key)
+
     def changed_groups(self) -> list[trawl.TargetGroup]:
         """Rebuild the groups the dirty keys touch; return those that differ from sent."""
         dirty, self.dirty = self.dirty, set()
@@ -264,12 +282,13 @@ class KubernetesDiscoverer(trawl.Discoverer):
             if resource == self.primary:
                 keys.add(key)
             else:
-                # A pod or service changed: rebuild what refers to its namespace.
-                keys.update(k for k in store if k[0] == key[0])
+                # A pod or service changed: rebuild the endpoints (slices) that refer to it.
+                keys.update(self.referrers.get((resource, key), ()))
         out = []
         for key in keys:
             obj = store.get(key)
             try:
+                self._index(key, obj)
                 group = (self.build(obj) if obj is not None
                          else trawl.TargetGroup(self._source(key)))
             except (TypeError, AttributeError, ValueError) as exc:

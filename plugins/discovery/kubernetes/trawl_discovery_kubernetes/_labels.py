@@ -20,6 +20,7 @@ _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 # Lookup of an already known object: (namespace, name) -> object or None.
 Lookup = Callable[[str, str], "Obj | None"]
+Key = tuple[str, str]
 
 
 def sanitize(name: str) -> str:
@@ -306,6 +307,27 @@ def endpointslice_group(eps: Obj, pods: Lookup, services: Lookup) -> trawl.Targe
                 targets.append(t)
     targets.extend(seen.remaining_targets())
     return trawl.TargetGroup(f"endpointslice/{ns}/{name}", tuple(targets), labels)
+
+
+def references(obj: Obj, role: str) -> set[tuple[str, Key]]:
+    """The pods and the service whose labels an endpoints object or slice carries."""
+    ns, name = key_of(obj)
+    refs: set[tuple[str, Key]] = set()
+    if role == "endpoints":
+        refs.add(("services", (ns, name)))
+        addresses = [a for subset in obj.get("subsets") or ()
+                     for field in ("addresses", "notReadyAddresses")
+                     for a in subset.get(field) or ()]
+    else:
+        svc = (_meta(obj).get("labels") or {}).get("kubernetes.io/service-name")
+        if svc is not None:
+            refs.add(("services", (ns, str(svc))))
+        addresses = list(obj.get("endpoints") or ())
+    for addr in addresses:
+        ref = addr.get("targetRef") if isinstance(addr, Mapping) else None
+        if isinstance(ref, Mapping) and ref.get("kind") == "Pod":
+            refs.add(("pods", (str(ref.get("namespace", "")), str(ref.get("name", "")))))
+    return refs
 
 
 # --- ingress ---------------------------------------------------------------------------
