@@ -104,6 +104,7 @@ class AzureSimulator:
         self.deleted_nics: set[str] = set()                     # listed by VMs, GET is 404
         self.calls = _Calls()
         self.fail_arm: tuple[int, str, str] | None = None       # (status, code, message)
+        self.delay = 0.0                                        # seconds before each ARM answer
         self.ca = trustme.CA()
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca_file = workdir / "azure-sim-ca.pem"
@@ -434,6 +435,8 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.simulator
         with sim.lock:
             sim.calls.arm.append(self.path)
+        if sim.delay:
+            time.sleep(sim.delay)
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             self._arm_error(401, "AuthenticationFailed",

@@ -24,6 +24,7 @@ import json
 import re
 import secrets
 import threading
+import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class GCESimulator:
         self.token_failures = 0
         self.list_requests: list[dict[str, str]] = []
         self.fail_list: tuple[int, str, str] | None = None   # (code, reason, message)
+        self.delay = 0.0                                      # seconds before each list answer
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
 
@@ -275,6 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with sim.lock:
             sim.list_requests.append(query)
+        if sim.delay:
+            time.sleep(sim.delay)
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in sim.tokens:
             self._error(401, "authError" if auth else "required",

@@ -8,6 +8,7 @@ monkeypatch) or in the environment of the ``trawl`` subprocess.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -138,10 +139,8 @@ def test_kapacitor_section_loads_with_its_defaults():
     assert (c.id, c.port, c.refresh_interval, c.environment, c.authentication_method,
             c.resource_group, c.resource_manager_endpoint) == (
         "myazure", 80, 300.0, "AzurePublicCloud", "OAuth", "", "")
-    assert c.arm_endpoint == "https://management.azure.com"
-    china = AzureConfig(subscription_id="s", authentication_method="ManagedIdentity",
-                        environment="AzureChinaCloud")
-    assert china.arm_endpoint == "https://management.chinacloudapi.cn"
+    assert AzureConfig(subscription_id="s", authentication_method="SDK",
+                       environment="azurechinacloud").environment == "azurechinacloud"
 
 
 @pytest.mark.parametrize(("section", "message"), [
@@ -151,6 +150,8 @@ def test_kapacitor_section_loads_with_its_defaults():
     ({"subscription-id": "s", "authentication-method": "SDK", "environment": "Mars"},
      "unknown environment"),
     ({"subscription-id": "s", "authentication-method": "SDK", "port": 0}, "port"),
+    ({"subscription-id": "s", "authentication-method": "SDK", "environment": ""},
+     "unknown environment"),
     ({"subscription-id": "s", "authentication-method": "SDK",
       "resource-manager-endpoint": "management.azure.com"}, "not an http(s) URL"),
     ({"subscription-id": "s", "authentication-method": "SDK", "resourcegroup": "x"},
@@ -273,6 +274,7 @@ async def test_vms_added_and_removed_between_refreshes(sim, sdk_env):
 
 
 async def test_failures_keep_targets_back_off_and_recover(sim, sdk_env, caplog):
+    caplog.set_level(logging.DEBUG)     # the SDKs' debug logs too: no secret, no token
     # A 3 s refresh interval leaves room for the 1 s, 2 s (±20 %) backoff steps.
     async with running(config(sim, refresh_interval=3.0)) as (discoverer, manager):
         good = names(manager)
@@ -303,11 +305,15 @@ async def test_failures_keep_targets_back_off_and_recover(sim, sdk_env, caplog):
         await eventually(lambda: not discoverer.health.failing)
         assert names(manager) == good
     assert SECRET not in caplog.text
+    assert sim.tokens
+    assert not any(token in caplog.text for token in sim.tokens)
     assert "recovered" in caplog.text
 
 
 async def test_blocking_sdk_calls_leave_the_trio_loop_free(sim, sdk_env):
-    # While a refresh is under way the Trio loop keeps ticking every 10 ms.
+    # While a refresh is under way the Trio loop keeps ticking every 10 ms: with the
+    # simulator answering slowly, a blocked loop would count one tick, a free one dozens.
+    sim.delay = 0.1   # 15 ARM requests
     ticks = 0
 
     async def tick() -> None:
@@ -323,7 +329,7 @@ async def test_blocking_sdk_calls_leave_the_trio_loop_free(sim, sdk_env):
         nursery.cancel_scope.cancel()
     discoverer.close()
     assert len(groups[0].targets) == 5
-    assert ticks >= 5
+    assert ticks >= 20
 
 
 async def test_managed_identity(sim, sdk_env, monkeypatch):
@@ -338,6 +344,31 @@ async def test_managed_identity(sim, sdk_env, monkeypatch):
     assert sorted(t["__meta_azure_machine_name"] for t in group.targets) == [
         "pool_0", "pool_1", "web-1", "web-2", "win-1"]
     assert all("__meta_azure_tenant_id" not in t for t in group.targets)
+
+
+async def test_sdk_default_credential_from_the_environment(sim, sdk_env, monkeypatch):
+    # DefaultAzureCredential takes the service principal from AZURE_* variables. (The IMDS
+    # override keeps its managed-identity step on loopback, should it ever be reached.)
+    for key, value in {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CLIENT,
+                       "AZURE_CLIENT_SECRET": SECRET,
+                       "AZURE_POD_IDENTITY_AUTHORITY_HOST": sim.url}.items():
+        monkeypatch.setenv(key, value)
+    discoverer = AzureDiscoverer(config(sim, authentication_method="SDK", tenant_id="",
+                                        client_id="", client_secret=""))
+    try:
+        [group] = await discoverer.refresh()
+    finally:
+        discoverer.close()
+    assert len(group.targets) == 5
+    assert sim.calls.token_failures == 0
+
+
+async def test_azure_stack_without_its_environment_file_is_a_clear_error(sim, monkeypatch):
+    monkeypatch.delenv("AZURE_ENVIRONMENT_FILEPATH", raising=False)
+    discoverer = AzureDiscoverer(config(sim, environment="AzureStackCloud",
+                                        resource_manager_endpoint=""))
+    with pytest.raises(RuntimeError, match="needs AZURE_ENVIRONMENT_FILEPATH"):
+        await discoverer.refresh()
 
 
 class _PrometheusWithEnv(Prometheus):
@@ -357,7 +388,7 @@ class _PrometheusWithEnv(Prometheus):
 
 
 @pytest.mark.servers
-def test_same_labels_as_prometheus(sim, sdk_env, tmp_path):
+def test_same_labels_as_prometheus(sim, sdk_env, tmp_path, monkeypatch):
     # Prometheus 2.42 reaches a non-public Azure through go-autorest's AzureStackCloud
     # environment, read from the file named by AZURE_ENVIRONMENT_FILEPATH; Go trusts the
     # simulator's CA through SSL_CERT_FILE.
@@ -379,7 +410,11 @@ def test_same_labels_as_prometheus(sim, sdk_env, tmp_path):
     with prometheus:
         theirs = [comparable(t) for t in prometheus.wait_discovered("azure", 5, timeout=40)]
     assert by_name(theirs) == by_name(expected(sim))
-    ours = trio.run(_refresh, config(sim))
+    # trawl with the very same environment file and settings (no endpoint override).
+    monkeypatch.delenv("AZURE_AUTHORITY_HOST")
+    monkeypatch.setenv("AZURE_ENVIRONMENT_FILEPATH", str(env_file))
+    ours = trio.run(_refresh, config(sim, environment="AzureStackCloud",
+                                     resource_manager_endpoint=""))
     assert by_name(ours) == by_name(theirs)
 
 

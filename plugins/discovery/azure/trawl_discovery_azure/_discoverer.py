@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ class Environment:
 
     authority: str
     resource_manager: str
+    token_audience: str = ""
 
 
 # Names as go-autorest (and so Prometheus and Kapacitor) accept them, case-insensitively.
@@ -42,6 +45,31 @@ ENVIRONMENTS = {
     "azureusgovernmentcloud": Environment("login.microsoftonline.us",
                                           "https://management.usgovcloudapi.net"),
 }
+
+
+STACK = "azurestackcloud"
+STACK_FILE_VARIABLE = "AZURE_ENVIRONMENT_FILEPATH"
+
+
+def resolve_environment(name: str) -> Environment:
+    """The named cloud; ``AzureStackCloud`` is read, as go-autorest reads it, from the JSON
+    file named by ``AZURE_ENVIRONMENT_FILEPATH`` (``resourceManagerEndpoint``,
+    ``activeDirectoryEndpoint``, optional ``tokenAudience``)."""
+    if name.lower() != STACK:
+        return ENVIRONMENTS[name.lower()]
+    path = os.environ.get(STACK_FILE_VARIABLE, "")
+    if not path:
+        raise ValueError(f"environment {name!r} needs {STACK_FILE_VARIABLE} to name a file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        env = Environment(authority=data["activeDirectoryEndpoint"].rstrip("/"),
+                          resource_manager=data["resourceManagerEndpoint"].rstrip("/"),
+                          token_audience=(data.get("tokenAudience") or "").rstrip("/"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{STACK_FILE_VARIABLE} {path}: cannot read the Azure Stack "
+                         f"environment ({type(exc).__name__}: {exc})") from None
+    return env
 
 
 class AzureConfig(trawl.DiscovererConfig):
@@ -69,9 +97,10 @@ class AzureConfig(trawl.DiscovererConfig):
     @field_validator("environment")
     @classmethod
     def _environment(cls, name: str) -> str:
-        if name.lower() not in ENVIRONMENTS:
+        if name.lower() not in ENVIRONMENTS and name.lower() != STACK:
             raise ValueError(f"unknown environment {name!r}; known: AzurePublicCloud, "
-                             "AzureChinaCloud, AzureGermanCloud, AzureUSGovernmentCloud")
+                             "AzureChinaCloud, AzureGermanCloud, AzureUSGovernmentCloud, "
+                             "AzureStackCloud")
         return name
 
     @field_validator("resource_manager_endpoint")
@@ -96,13 +125,6 @@ class AzureConfig(trawl.DiscovererConfig):
                              + ", ".join(missing))
         return self
 
-    @property
-    def cloud(self) -> Environment:
-        return ENVIRONMENTS[self.environment.lower()]
-
-    @property
-    def arm_endpoint(self) -> str:
-        return self.resource_manager_endpoint or self.cloud.resource_manager
 
 
 @dataclass
@@ -204,12 +226,15 @@ class AzureClients:
         self.config = config
         transport: dict[str, Any] = {"connection_timeout": _TIMEOUT, "read_timeout": _TIMEOUT,
                                      "retry_total": 0}
-        endpoint = config.arm_endpoint
-        scope = endpoint + "/.default"
+        cloud = resolve_environment(config.environment)
+        endpoint = config.resource_manager_endpoint or cloud.resource_manager
+        audience = (cloud.token_audience or endpoint if not config.resource_manager_endpoint
+                    else endpoint)
+        scope = audience + "/.default"
         authority: dict[str, Any] = {}
         if config.environment.lower() != "azurepubliccloud":
             # The public cloud's authority can be replaced by AZURE_AUTHORITY_HOST.
-            authority["authority"] = config.cloud.authority
+            authority["authority"] = cloud.authority
         self.credential: Any
         if config.authentication_method == "OAuth":
             self.credential = ClientSecretCredential(
@@ -220,7 +245,8 @@ class AzureClients:
             self.credential = ManagedIdentityCredential(client_id=config.client_id or None,
                                                         **transport)
         else:
-            self.credential = DefaultAzureCredential(**authority, **transport)
+            self.credential = DefaultAzureCredential(disable_instance_discovery=True,
+                                                     **authority, **transport)
         common = {"base_url": endpoint, "credential_scopes": [scope], **transport}
         self.compute = ComputeManagementClient(self.credential, config.subscription_id,
                                                **common)
