@@ -42,17 +42,48 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 
 
-def slim(obj: Obj) -> Obj:
-    """Drop what no label is made of (managed fields, last-applied annotations are kept:
-    annotations are labels), to keep thousands of objects small in memory."""
-    meta = obj.get("metadata") or {}
+def _pick(obj: Any, keys: tuple[str, ...]) -> Any:
+    if not isinstance(obj, dict):
+        return obj
+    return {k: obj[k] for k in keys if k in obj}
+
+
+def _containers(items: Any) -> Any:
+    if not isinstance(items, list):
+        return items
+    return [_pick(c, ("name", "image", "ports")) for c in items]
+
+
+def slim(resource: str, obj: Obj) -> Obj:
+    """Keep only what labels are made of, so thousands of objects stay small in memory:
+    metadata without managed fields; for pods, only the fields pod labels read."""
     out = dict(obj)
-    out["metadata"] = {k: v for k, v in meta.items()
-                       if k in ("name", "namespace", "uid", "labels", "annotations",
-                                "ownerReferences", "resourceVersion")}
+    out["metadata"] = _pick(obj.get("metadata") or {}, (
+        "name", "namespace", "uid", "labels", "annotations", "ownerReferences",
+        "resourceVersion"))
     out.pop("kind", None)
     out.pop("apiVersion", None)
+    if resource == "pods":
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        out["spec"] = {**_pick(spec, ("nodeName",)),
+                       "containers": _containers(spec.get("containers")),
+                       "initContainers": _containers(spec.get("initContainers"))}
+        conditions = status.get("conditions")
+        out["status"] = {
+            **_pick(status, ("podIP", "hostIP", "phase")),
+            "conditions": [c for c in conditions if isinstance(c, dict)
+                           and c.get("type") == "Ready"][:1]
+            if isinstance(conditions, list) else conditions,
+            "containerStatuses": _containers_status(status.get("containerStatuses")),
+            "initContainerStatuses": _containers_status(status.get("initContainerStatuses")),
+        }
     return out
+
+
+def _containers_status(items: Any) -> Any:
+    if not isinstance(items, list):
+        return items
+    return [_pick(c, ("name", "containerID")) for c in items]
 
 
 class Watcher:
@@ -90,7 +121,7 @@ class Watcher:
         fresh: dict[Key, Obj] = {}
         for item in body.get("items") or ():
             if isinstance(item, dict):
-                fresh[_labels.key_of(item)] = slim(item)
+                fresh[_labels.key_of(item)] = slim(self.resource, item)
         for key in self.keys - fresh.keys():
             self.store.pop(key, None)
             self._changed(key)
@@ -114,7 +145,7 @@ class Watcher:
                 rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
                 if kind in ("ADDED", "MODIFIED"):
                     key = _labels.key_of(obj)
-                    self.store[key] = slim(obj)
+                    self.store[key] = slim(self.resource, obj)
                     self.keys.add(key)
                     self._changed(key)
                 elif kind == "DELETED":
