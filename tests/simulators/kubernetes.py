@@ -209,6 +209,8 @@ class KubernetesSimulator:
         self.history_size = history
         self.max_watch_seconds = max_watch_seconds
         self.gone_as_event = False
+        self.client_users: set[str] = set()  # common names accepted from client certificates
+        self.ca: trustme.CA | None = None
         self.objects: dict[str, dict[tuple[str, str], Obj]] = {r: {} for r in RESOURCES}
         self.events: list[tuple[int, str, str, Obj | None, Obj | None]] = []
         self.rv = 1000
@@ -229,10 +231,14 @@ class KubernetesSimulator:
         handler = type("Handler", (_Handler,), {"sim": self})
         server = _Server(("127.0.0.1", 0), handler)
         if self.tls:
-            ca = trustme.CA()
+            ca = self.ca = trustme.CA()
             ca.cert_pem.write_to_path(str(self.ca_path))
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+            # x509 client certificates signed by the same CA authenticate, as with a real
+            # API server's --client-ca-file; a client without one falls back to its token.
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ca.configure_trust(ctx)
             server.ssl_context = ctx
         self.server = server
         self.port = server.server_address[1]
@@ -253,6 +259,14 @@ class KubernetesSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def client_certificate(self, user: str) -> tuple[bytes, bytes]:
+        """A PEM (certificate chain, key) for ``user``, from now on accepted."""
+        assert self.ca is not None, "client certificates need tls=True"
+        self.client_users.add(user)
+        cert = self.ca.issue_cert(common_name=user)
+        return (b"".join(b.bytes() for b in cert.cert_chain_pems),
+                cert.private_key_pem.bytes())
 
     @property
     def url(self) -> str:
@@ -472,6 +486,10 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         authorized = not sim.tokens or (
             auth.startswith("Bearer ") and auth[len("Bearer "):] in sim.tokens)
+        if not authorized and isinstance(self.connection, ssl.SSLSocket):
+            subject = dict(x[0] for x in (self.connection.getpeercert() or {}).get(
+                "subject", ()))
+            authorized = subject.get("commonName") in sim.client_users
         with sim.cond:
             sim.requests.append((parsed.path, query, authorized))
             outage = sim.outage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import trawl
 import trio
+import yaml
 from trawl_discovery_kubernetes import KubernetesConfig, KubernetesDiscoverer
 
 from tests.servers import free_port, wait_until
@@ -386,6 +388,24 @@ async def test_kubeconfig(sim: k8s.KubernetesSimulator, tmp_path: Path) -> None:
     async with discovering(kubeconfig=str(tmp_path / "kubeconfig"), resource="ingress") as (d, m):
         assert len(targets(m)) == 4
         assert not d.health.failing
+
+
+async def test_kubeconfig_client_certificate(sim: k8s.KubernetesSimulator,
+                                             tmp_path: Path) -> None:
+    cert, key = sim.client_certificate("trawl")
+    b64 = base64.b64encode
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sim",
+        "clusters": [{"name": "c", "cluster": {
+            "server": sim.url, "certificate-authority-data": b64(
+                sim.ca_path.read_bytes()).decode()}}],
+        "users": [{"name": "u", "user": {"client-certificate-data": b64(cert).decode(),
+                                         "client-key-data": b64(key).decode()}}],
+        "contexts": [{"name": "sim", "context": {"cluster": "c", "user": "u"}}]}))
+    async with discovering(kubeconfig=str(tmp_path / "kubeconfig"), resource="node") as (d, m):
+        assert len(targets(m)) == 3
+        assert not d.health.failing
+    assert sim.requests[0][2] is True  # no token: the certificate authenticated
 
 
 # --- the command line and the reference ------------------------------------------------
