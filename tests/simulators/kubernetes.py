@@ -15,7 +15,8 @@ It serves what service discovery uses (Prometheus's, vmagent's and trawl's):
   real server does. A resource version older than the retained history answers
   ``410 Gone`` with a ``Status`` body (or, with ``gone_as_event``, an ``ERROR`` event with
   code 410, which is what a real API server sends once the stream has started).
-- Bearer token auth (``401`` with a ``Status`` body) and TLS with a trustme CA.
+- Bearer token auth (``401`` with a ``Status`` body), TLS with a trustme CA, and x509
+  client certificates from the same CA (`client_certificate`) as the other way to log in.
 
 Tests change the cluster through the Python API (`add`, `modify`, `delete`, `compact`,
 `set_outage`), and build realistic objects with `pod`, `service`, `endpoints`,
