@@ -152,7 +152,8 @@ class AzureSimulator:
             "osProfile": {"computerName": vm.computer_name or vm.name,
                           "adminUsername": "azureuser"},
             "networkProfile": {"networkInterfaces": [
-                {"id": nid, "properties": {"primary": i == 0}} for i, nid in enumerate(nic_ids)
+                {"id": nid, "properties": {"primary": bool(nic.primary)}}
+                for nid, nic in zip(nic_ids, vm.nics, strict=True)
             ]},
             "provisioningState": "Succeeded",
         }
