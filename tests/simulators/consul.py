@@ -55,6 +55,7 @@ MAX_WAIT = 600.0
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
+CATALOG = "/v1/catalog/services"
 
 
 def parse_go_duration(text: str) -> float:
@@ -151,12 +152,16 @@ class ConsulSimulator:
         self.basic_auth = basic_auth
         self.enterprise = enterprise
         self.host = host
-        self._cond = threading.Condition()
+        # One lock; one condition per watched thing (the catalog, each service), so a
+        # change wakes only the blocking queries it concerns.
+        self._lock = threading.RLock()
+        self._conds: dict[str, threading.Condition] = {}
         self._index = 12
         self._services_index = self._index
         self._service_index: dict[str, int] = {}
         self.nodes: dict[str, Node] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
+        self._by_service: dict[str, dict[tuple[str, str], Instance]] = {}
         self.failing: tuple[int, str] | None = None
         self.requests: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
@@ -202,9 +207,9 @@ class ConsulSimulator:
         return self
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._notify_all()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(5)
@@ -222,20 +227,31 @@ class ConsulSimulator:
         return str(path)
 
     # ------------------------------------------------------------------ catalog changes
+    def _cond_for(self, key: str) -> threading.Condition:
+        cond = self._conds.get(key)
+        if cond is None:
+            cond = self._conds[key] = threading.Condition(self._lock)
+        return cond
+
+    def _notify_all(self) -> None:
+        for cond in self._conds.values():
+            cond.notify_all()
+
     def _bump(self, *services: str, catalog: bool = False) -> int:
         """Take the next Raft index for the changed services; wake blocked queries."""
         self._index += 1
         if catalog:
             self._services_index = self._index
+            self._cond_for(CATALOG).notify_all()
         for name in services:
             self._service_index[name] = self._index
-        self._cond.notify_all()
+            self._cond_for(name).notify_all()
         return self._index
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Hold the lock across several changes so blocked queries see them together."""
-        with self._cond:
+        with self._lock:
             yield
 
     def add_node(self, name: str, address: str = "127.0.0.1", *,
@@ -245,7 +261,7 @@ class ConsulSimulator:
         _loopback(address)
         for value in (tagged_addresses or {}).values():
             _loopback(value)
-        with self._cond:
+        with self._lock:
             node = Node(name, address, partition=partition,
                         tagged_addresses=dict(tagged_addresses) if tagged_addresses else None)
             if meta is not None:
@@ -264,7 +280,7 @@ class ConsulSimulator:
         _loopback(address)
         for value in (tagged_addresses or {}).values():
             _loopback(str(value.get("address", "")))
-        with self._cond:
+        with self._lock:
             node_name = node or self.server_node.name
             if node_name not in self.nodes:
                 raise KeyError(f"no node {node_name!r}: add_node first")
@@ -272,11 +288,15 @@ class ConsulSimulator:
                             dict(meta or {}),
                             {k: dict(v) for k, v in (tagged_addresses or {}).items()},
                             namespace, partition, status)
-            old = self.instances.get((node_name, inst.id))
+            key = (node_name, inst.id)
+            old = self.instances.get(key)
+            if old is not None:
+                del self._by_service[old.service][key]
             index = self._bump(service, *([old.service] if old else []), catalog=True)
             inst.create_index = old.create_index if old else index
             inst.modify_index = index
-            self.instances[(node_name, inst.id)] = inst
+            self.instances[key] = inst
+            self._by_service.setdefault(service, {})[key] = inst
             return inst
 
     def _find(self, service_id: str, node: str | None) -> Instance:
@@ -287,14 +307,15 @@ class ConsulSimulator:
         return matches[0]
 
     def deregister(self, service_id: str, node: str | None = None) -> None:
-        with self._cond:
+        with self._lock:
             inst = self._find(service_id, node)
             del self.instances[(inst.node, inst.id)]
+            del self._by_service[inst.service][(inst.node, inst.id)]
             self._bump(inst.service, catalog=True)
 
     def update(self, service_id: str, node: str | None = None, **changes: Any) -> Instance:
         """Change fields of an instance (``port``, ``tags``, ``meta``, ``address`` ...)."""
-        with self._cond:
+        with self._lock:
             inst = self._find(service_id, node)
             if "address" in changes:
                 _loopback(changes["address"])
@@ -316,23 +337,23 @@ class ConsulSimulator:
         return sorted({i.service for i in self.instances.values() if i.node == node})
 
     def set_node_meta(self, node: str, meta: Mapping[str, str]) -> None:
-        with self._cond:
+        with self._lock:
             n = self.nodes[node]
             n.meta = dict(meta)
             n.modify_index = self._bump(*self._node_services(node), catalog=True)
 
     def set_node_health(self, node: str, status: str) -> None:
         """Set the node's ``serfHealth`` check."""
-        with self._cond:
+        with self._lock:
             self.nodes[node].serf_status = status
             self._bump(*self._node_services(node))
 
     def fail_with(self, status: int | None, message: str = "rpc error: No cluster leader"
                   ) -> None:
         """Answer every API request with ``status`` (``None``: work again)."""
-        with self._cond:
+        with self._lock:
             self.failing = (status, message) if status else None
-            self._cond.notify_all()
+            self._notify_all()
 
     @property
     def index(self) -> int:
@@ -430,14 +451,30 @@ class ConsulSimulator:
         return out
 
     def _instances(self, service: str, q: _Query) -> list[Instance]:
-        found = [i for i in self.instances.values()
-                 if i.service == service and self._visible(i, q)]
+        found = [i for i in self._by_service.get(service, {}).values()
+                 if self._visible(i, q)]
         found.sort(key=lambda i: (i.node, i.id))
         return found
 
+    def watched(self, path: str) -> tuple[str, int]:
+        """What a blocking query on ``path`` waits on, and its current index (lock held).
+
+        A service's index moves when one of its instances, their nodes or their checks
+        change; an unknown service's is the catalog's, as in Consul.
+        """
+        if path == CATALOG:
+            return CATALOG, self._services_index
+        for prefix in ("/v1/catalog/service/", "/v1/health/service/"):
+            if path.startswith(prefix):
+                name = unquote(path[len(prefix):])
+                if name in self._service_index:
+                    return name, self._service_index[name]
+                return CATALOG, self._services_index
+        raise LookupError(path)
+
     def answer(self, path: str, q: _Query) -> tuple[int, Any]:
         """The JSON answer and its index for an API path (the lock is held)."""
-        if path == "/v1/catalog/services":
+        if path == CATALOG:
             services: dict[str, set[str]] = {}
             for inst in self.instances.values():
                 if self._visible(inst, q._replace_tags()):
@@ -545,14 +582,14 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         split = urlsplit(self.path)
         path = split.path
-        with sim._cond:
+        with sim._lock:
             sim.requests.append(self.path)
             sim.headers_seen.append(dict(self.headers.items()))
         try:
             self._check_basic_auth()
             q = _parse_query(split.query)
             token = self._token(q)
-            with sim._cond:
+            with sim._lock:
                 if sim.failing:
                     raise QueryError(*sim.failing)
             self._check_token(token)
@@ -562,7 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if sim.token is not None and token is None:
                     raise QueryError(403, "Permission denied: anonymous token lacks "
                                      "permission 'agent:read' on \"consul-server-1\"")
-                with sim._cond:
+                with sim._lock:
                     body = sim.agent_self()
                 self._send(200, json.dumps(body).encode(), {})
                 return
@@ -587,9 +624,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _blocking(self, path: str, q: _Query) -> tuple[int, Any]:
         sim = self.server.sim
-        with sim._cond:
+        with sim._lock:
             try:
-                index, body = sim.answer(path, q)
+                key, index = sim.watched(path)
             except LookupError:
                 raise QueryError(404, "Invalid URL path: not a recognized HTTP API endpoint"
                                  ) from None
@@ -600,10 +637,11 @@ class _Handler(BaseHTTPRequestHandler):
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
                         break
-                    sim._cond.wait(remaining)
-                    index, body = sim.answer(path, q)
+                    sim._cond_for(key).wait(remaining)
+                    key, index = sim.watched(path)
                 if sim.failing:
                     raise QueryError(*sim.failing)
+            index, body = sim.answer(path, q)
             return max(index, 1), body
 
     def _token(self, q: _Query) -> str | None:

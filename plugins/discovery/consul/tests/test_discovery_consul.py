@@ -504,3 +504,127 @@ def test_same_targets_as_vmagent(tmp_path: Path, ca: trustme.CA) -> None:
             for job in reference:
                 assert_same_targets(ours[job], reference[job])
             assert keyed(ours["all"])[("web-a", "web-1")]["__address__"] == "127.0.0.2:9999"
+
+
+# ---------------------------------------------------------------------- scale
+def rss_kib(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+            if line.startswith(("VmRSS", "VmHWM"))}
+
+
+class LineReader:
+    """Collects a process's stdout lines in a thread, each with its arrival time."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        import time
+
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            record = json.loads(line)
+            with self._cond:
+                self.lines.append((time.monotonic(), record))
+                self._cond.notify_all()
+
+    def wait(self, check: Callable[[list[tuple[float, dict[str, Any]]]], bool],
+             seconds: float, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: check(self.lines), seconds):
+                raise AssertionError(f"no {what} within {seconds:g}s")
+
+
+def baseline_rss_kib(tmp_path: Path) -> int:
+    """The RSS of ``trawl discover`` with a one-target catalog, for comparison."""
+    with ConsulSimulator() as sim:
+        config = tmp_path / "baseline.toml"
+        config.write_text(f'[[consul]]\n  id = "base"\n  address = "{sim.address}"\n')
+        proc = subprocess.Popen([TRAWL, "--log-level", "warning", "discover", "-c", str(config)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        try:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["labels"]["__meta_consul_service"]
+            return rss_kib(proc.pid)["VmRSS"]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_scale_500_services_of_10_instances_then_10_percent_change(tmp_path: Path) -> None:
+    import time
+
+    services, per_service, nodes = 500, 10, 50
+    baseline = baseline_rss_kib(tmp_path)
+    with ConsulSimulator(consul_service=False) as sim:
+        with sim.batch():
+            for n in range(nodes):
+                sim.add_node(f"node-{n:02}", f"127.1.{n // 200}.{n % 200 + 1}",
+                             meta={"rack": f"r{n % 5}", "az": f"az-{n % 3}"})
+            for s in range(services):
+                for i in range(per_service):
+                    sim.register(f"svc-{s:03}", node=f"node-{(s * per_service + i) % nodes:02}",
+                                 id=f"svc-{s:03}-{i}", port=10000 + i,
+                                 tags=["scale", f"shard-{i % 4}"], meta={"owner": f"team-{s % 7}"})
+        total = services * per_service
+        config = tmp_path / "scale.toml"
+        config.write_text(f'[[consul]]\n  id = "scale"\n  address = "{sim.address}"\n')
+        began = time.monotonic()
+        proc = subprocess.Popen([TRAWL, "--log-level", "warning", "discover", "-c", str(config)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            reader = LineReader(proc)
+            reader.wait(lambda lines: len(lines) >= total, 25, f"{total} targets")
+            discovered_in = reader.lines[total - 1][0] - began
+            time.sleep(0.5)  # let the watchers settle into their blocking queries
+            memory_steady = rss_kib(proc.pid)
+            requests_steady = len(sim.requests)
+            assert len(reader.lines) == total
+
+            # 10 % of the instances change: one in each service moves to another port.
+            changed_at = time.monotonic()
+            with sim.batch():
+                for s in range(services):
+                    sim.update(f"svc-{s:03}-0", port=20000 + s)
+
+            def converged(lines: list[tuple[float, dict[str, Any]]]) -> bool:
+                added = sum(1 for _, r in lines[total:] if r.get("event") == "added")
+                removed = sum(1 for _, r in lines[total:] if r.get("event") == "removed")
+                return added >= services and removed >= services
+
+            reader.wait(converged, 25, "convergence after the change")
+            converged_in = reader.lines[-1][0] - changed_at
+            memory_after = rss_kib(proc.pid)
+            added = {r["labels"]["__address__"] for _, r in reader.lines[total:]
+                     if r.get("event") == "added"}
+            assert added == {f"127.1.{(s * 10) % nodes // 200}.{(s * 10) % nodes % 200 + 1}"
+                             f":{20000 + s}" for s in range(services)}
+            assert len(reader.lines) == total + 2 * services
+            # Blocking queries, not polling: about one query per watcher to settle in.
+            assert requests_steady <= 3 * (services + 1) + 5
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            assert proc.stderr is not None
+            stderr = proc.stderr.read()
+            assert proc.stdout is not None
+            proc.stdout.close()
+            proc.stderr.close()
+    report = (f"consul scale: {total} targets ({services} services x {per_service}) "
+              f"discovered in {discovered_in:.2f}s; {services} changed instances (10%) "
+              f"converged in {converged_in:.2f}s; trawl RSS {memory_steady['VmRSS'] / 1024:.1f}"
+              f" MiB steady, {memory_after['VmRSS'] / 1024:.1f} MiB after the change, peak "
+              f"{memory_after['VmHWM'] / 1024:.1f} MiB (a trawl discovering one target: "
+              f"{baseline / 1024:.1f} MiB); {requests_steady} API requests to settle")
+    print(report)
+    (tmp_path / "report.txt").write_text(report + "\n" + stderr)

@@ -5,7 +5,7 @@ import logging
 import random
 import re
 import ssl
-from contextlib import AsyncExitStack
+import sys
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -20,6 +20,7 @@ log = logging.getLogger("trawl.discovery.consul")
 WAIT = 120.0
 """Seconds a blocking query may wait on the server (Prometheus's ``watchTimeout``)."""
 CONNECT_TIMEOUT = 10.0
+CATALOG = "/v1/catalog/services"
 FIRST_QUERIES = 32
 """How many non-blocking first queries (one per service) may run at once."""
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
@@ -168,13 +169,14 @@ def target_labels(entry: Any, tag_separator: str) -> dict[str, str]:
         "__meta_consul_service_id": _text(service, "ID"),
         "__meta_consul_health": aggregated_status(checks),
     }
+    # Label names are interned: thousands of targets share a few of them.
     for key, value in _mapping(node.get("Meta"), "Node.Meta").items():
-        labels["__meta_consul_metadata_" + sanitize_label_name(key)] = value
+        labels[sys.intern("__meta_consul_metadata_" + sanitize_label_name(key))] = value
     for key, value in _mapping(service.get("Meta"), "Service.Meta").items():
-        labels["__meta_consul_service_metadata_" + sanitize_label_name(key)] = value
+        labels[sys.intern("__meta_consul_service_metadata_" + sanitize_label_name(key))] = value
     tagged = _mapping(node.get("TaggedAddresses"), "Node.TaggedAddresses")
     for key, value in tagged.items():
-        labels["__meta_consul_tagged_address_" + sanitize_label_name(key)] = value
+        labels[sys.intern("__meta_consul_tagged_address_" + sanitize_label_name(key))] = value
     return labels
 
 
@@ -232,42 +234,31 @@ def _reason(exc: BaseException) -> str:
 
 
 class ConsulAPI:
-    """The few Consul HTTP API calls discovery needs, on one connection pool.
+    """How to reach Consul: the address, credentials and TLS context of one ``[[consul]]``.
 
-    Every watched service holds one connection for its blocking query, as Prometheus's
-    do, so the pool has no connection limit.
+    Every watcher opens its own `connection`: each watched service holds one connection
+    for its blocking query, as Prometheus's do. (One shared httpx pool would do work in
+    proportion to its open connections on every request, which with hundreds of long
+    polls costs more than the discovery itself.)
     """
 
     def __init__(self, config: ConsulConfig, wait: float = WAIT) -> None:
         self.config = config
         self.wait = wait
-        headers = {}
+        self.headers = {}
         token = config.token.get_secret_value()
         if token:
-            headers["X-Consul-Token"] = token
-        auth = None
+            self.headers["X-Consul-Token"] = token
+        self.auth = None
         if config.username or config.password.get_secret_value():
-            auth = httpx.BasicAuth(config.username, config.password.get_secret_value())
-        ctx = tls_context(config)
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url,
-            verify=ctx if ctx is not None else True,
-            auth=auth,
-            headers=headers,
-            trust_env=False,
-            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=wait * 17 / 16 + CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        )
-        self._extensions = ({"sni_hostname": config.ssl_server_name}
-                            if config.ssl_server_name else {})
+            self.auth = httpx.BasicAuth(config.username, config.password.get_secret_value())
+        # Built once and shared: httpx would load the CA bundle for every client.
+        self.ssl_context = tls_context(config) or ssl.create_default_context()
+        self.extensions = ({"sni_hostname": config.ssl_server_name}
+                           if config.ssl_server_name else {})
 
-    async def __aenter__(self) -> ConsulAPI:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        with trio.CancelScope(shield=True):
-            await self._client.aclose()
+    def connection(self) -> ConsulConnection:
+        return ConsulConnection(self)
 
     def base_params(self) -> list[tuple[str, str]]:
         """``dc``, ``stale``, ``ns``, ``partition`` and ``node-meta``, as configured."""
@@ -284,6 +275,32 @@ class ConsulAPI:
         params.extend(("node-meta", f"{k}:{v}") for k, v in sorted(c.node_meta.items()))
         return params
 
+
+
+class ConsulConnection:
+    """One keep-alive connection to Consul, for one watcher; an async context manager."""
+
+    def __init__(self, api: ConsulAPI) -> None:
+        self.api = api
+        self.wait = api.wait
+        self._client = httpx.AsyncClient(
+            base_url=api.config.base_url,
+            verify=api.ssl_context,
+            auth=api.auth,
+            headers=api.headers,
+            trust_env=False,
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=api.wait * 17 / 16 + CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def __aenter__(self) -> ConsulConnection:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        with trio.CancelScope(shield=True):
+            await self._client.aclose()
+
     async def get(self, path: str, params: list[tuple[str, str]] | None = None, *,
                   index: int | None = None) -> tuple[int, Any]:
         """GET a path; with ``index``, a blocking query. Returns (``X-Consul-Index``, JSON)."""
@@ -296,7 +313,7 @@ class ConsulAPI:
         try:
             with trio.fail_after(timeout):
                 response = await self._client.get(path, params=tuple(query),
-                                                  extensions=self._extensions)
+                                                  extensions=self.api.extensions)
         except trio.TooSlowError:
             raise ConsulError(f"GET {path}: no answer within {timeout:g}s") from None
         except httpx.HTTPError as exc:
@@ -357,9 +374,8 @@ class ConsulDiscoverer(trawl.Discoverer):
         self, groups: trawl.GroupSender, *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with AsyncExitStack() as stack:
-            api = await stack.enter_async_context(ConsulAPI(self.config, self.wait))
-            nursery = await stack.enter_async_context(trio.open_nursery())
+        api = ConsulAPI(self.config, self.wait)
+        async with trio.open_nursery() as nursery:
             await nursery.start(self._watch_catalog, api, groups)
             task_status.started()
 
@@ -401,12 +417,18 @@ class ConsulDiscoverer(trawl.Discoverer):
         self, api: ConsulAPI, sender: trawl.GroupSender, *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        async with api.connection() as conn:
+            await self._follow_catalog(api, conn, sender, task_status)
+
+    async def _follow_catalog(self, api: ConsulAPI, conn: ConsulConnection,
+                              sender: trawl.GroupSender, task_status: trio.TaskStatus[None],
+                              ) -> None:
         started = False
         backoff = Backoff(self.min_backoff, self.max_backoff)
         dc = self.config.datacenter
         while not dc:
             try:
-                dc = await api.datacenter()
+                dc = await conn.datacenter()
             except ConsulError as exc:
                 self._failed("datacenter", str(exc))
                 if not started:
@@ -421,7 +443,7 @@ class ConsulDiscoverer(trawl.Discoverer):
             while True:
                 began = trio.current_time()
                 try:
-                    new_index, body = await api.get("/v1/catalog/services", params, index=index)
+                    new_index, body = await conn.get(CATALOG, params, index=index)
                     names = self.wanted(body)
                 except ConsulError as exc:
                     self._failed("catalog", str(exc))
@@ -469,42 +491,55 @@ class ConsulDiscoverer(trawl.Discoverer):
         return trawl.TargetGroup(
             name, targets, {"__meta_consul_service": name, "__meta_consul_dc": dc})
 
+    async def _query(self, conn: ConsulConnection, path: str, params: list[tuple[str, str]],
+                     index: int, dc: str, name: str) -> tuple[int, trawl.TargetGroup]:
+        # The decoded answer is dropped here: 500 watchers holding theirs while they wait
+        # would cost more memory than the targets.
+        new_index, body = await conn.get(path, params, index=index)
+        return new_index, self.service_group(name, dc, body)
+
     async def _watch_service(
         self, api: ConsulAPI, sender: trawl.GroupSender, dc: str, name: str,
         scope: trio.CancelScope, *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        path = "/v1/health/service/" + quote(name, safe="")
         params = api.base_params() + [("tag", t) for t in self.config.tags]
+        with scope:
+            async with api.connection() as conn:
+                await self._follow_service(conn, sender, dc, name, params, task_status)
+
+    async def _follow_service(self, conn: ConsulConnection, sender: trawl.GroupSender, dc: str,
+                              name: str, params: list[tuple[str, str]],
+                              task_status: trio.TaskStatus[None]) -> None:
+        path = "/v1/health/service/" + quote(name, safe="")
         backoff = Backoff(self.min_backoff, self.max_backoff)
         started = False
         index = 0
-        with scope:
-            while True:
-                began = trio.current_time()
-                try:
-                    if index == 0:
-                        async with self._first_queries:
-                            new_index, body = await api.get(path, params, index=index)
-                    else:
-                        new_index, body = await api.get(path, params, index=index)
-                    group = self.service_group(name, dc, body)
-                except ConsulError as exc:
-                    self._failed(name, str(exc))
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await backoff.sleep()
-                    index = 0  # ask without blocking, to know at once that Consul is back
-                    continue
-                backoff.reset()
-                index = next_index(index, new_index)
-                self._targets[name] = len(group.targets)
-                if self._sent.get(name) != group:
-                    self._sent[name] = group
-                    await sender.send([group])
-                self._succeeded(name)
+        while True:
+            began = trio.current_time()
+            try:
+                if index == 0:
+                    async with self._first_queries:
+                        new_index, group = await self._query(conn, path, params, index, dc,
+                                                             name)
+                else:
+                    new_index, group = await self._query(conn, path, params, index, dc, name)
+            except ConsulError as exc:
+                self._failed(name, str(exc))
                 if not started:
                     task_status.started()
                     started = True
-                await trio.sleep_until(began + self.config.refresh_interval)
+                await backoff.sleep()
+                index = 0  # ask without blocking, to know at once that Consul is back
+                continue
+            backoff.reset()
+            index = next_index(index, new_index)
+            self._targets[name] = len(group.targets)
+            if self._sent.get(name) != group:
+                self._sent[name] = group
+                await sender.send([group])
+            self._succeeded(name)
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep_until(began + self.config.refresh_interval)
