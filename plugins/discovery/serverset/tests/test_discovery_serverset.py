@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import uuid
@@ -282,6 +283,26 @@ async def test_invalid_member_data_is_reported_and_keeps_the_last_good_target(zk
 
 
 # ---------------------------------------------------------------------------- failures
+async def test_unreadable_node_is_reported_and_retried_with_backoff(zk, zookeeper, root):
+    from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+
+    good = await call(zk.create, f"{root}/good", member(port=1), makepath=True)
+    async with running(config([zookeeper.hosts], [root])) as (d, manager):
+        assert set(targets(manager)) == {good}
+        # A member only its owner may read: every read of the tree fails on it (NoAuth).
+        await call(zk.add_auth, "digest", "owner:secret")
+        locked = await call(zk.create, f"{root}/locked", member(port=2),
+                            acl=[make_digest_acl("owner", "secret", all=True)])
+        await eventually(lambda: d.health.failing, "the failure is reported")
+        assert "NoAuth" in d.health.last_error
+        assert set(targets(manager)) == {good}  # what was read stays
+
+        # Readable again: the next retry (after a backoff of about a second) gets it.
+        await call(zk.set_acls, locked, OPEN_ACL_UNSAFE)
+        await eventually(lambda: locked in targets(manager), "the retry reads the node", 5)
+        assert not d.health.failing
+
+
 async def test_zookeeper_restart_is_survived(tmp_path):
     root = "/restart"
     with ZooKeeper(tmp_path / "zk") as server:
@@ -320,9 +341,11 @@ async def test_zookeeper_restart_is_survived(tmp_path):
                 await call(after.close)
 
 
-async def test_unreachable_zookeeper_never_blocks_trio_and_recovers(tmp_path):
+async def test_unreachable_or_garbage_authority_keeps_targets_and_recovers(tmp_path):
     port = free_port()
+    root = "/late"
     gaps: list[float] = []
+    garbage_connections = 0
 
     async def heartbeat() -> None:
         last = trio.current_time()
@@ -332,27 +355,62 @@ async def test_unreachable_zookeeper_never_blocks_trio_and_recovers(tmp_path):
             gaps.append(now - last)
             last = now
 
+    async def garbage(stream: trio.SocketStream) -> None:
+        nonlocal garbage_connections
+        garbage_connections += 1
+        with trio.move_on_after(2):
+            await stream.receive_some(4096)
+            await stream.send_all(b"\x00\x00\x00\x10HTTP/1.1 400 Bad")
+        await stream.aclose()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat)
         started = trio.current_time()
-        async with running(config([f"127.0.0.1:{port}"], ["/late"], "2s")) as (d, manager):
-            # Started after the first attempt (bounded by the timeout), failing, no targets.
+        async with running(config([f"127.0.0.1:{port}"], [root], "2s")) as (d, manager):
+            # Nobody listens: started after the first attempt (bounded by the timeout).
             assert trio.current_time() - started < 5
             assert d.health.failing
             assert "cannot connect to ZooKeeper" in d.health.last_error
             assert targets(manager) == {}
 
-            with ZooKeeper(tmp_path / "zk", port=port) as server:
-                owner = await call(server.client)
+            server = ZooKeeper(tmp_path / "zk", port=port)
+            await call(server.start)
+            try:
+                client = await call(server.client)
                 try:
-                    path = await call(owner.create, "/late/member_", member(port=8),
-                                      sequence=True, makepath=True)
-                    await eventually(lambda: path in targets(manager),
-                                     "targets once ZooKeeper is there", 10)
-                    await eventually(lambda: not d.health.failing, "health recovers")
+                    first = await call(client.create, f"{root}/member_", member(port=8),
+                                       sequence=True, makepath=True)
                 finally:
-                    await call(owner.stop)
-                    await call(owner.close)
+                    await call(client.stop)
+                    await call(client.close)
+                await eventually(lambda: first in targets(manager),
+                                 "targets once ZooKeeper is there", 10)
+                await eventually(lambda: not d.health.failing, "health recovers")
+
+                # ZooKeeper goes; something else answers garbage on its port.
+                await call(server.stop)
+                async with trio.open_nursery() as impostor:
+                    await impostor.start(
+                        functools.partial(trio.serve_tcp, garbage, port, host="127.0.0.1"))
+                    await eventually(lambda: garbage_connections >= 2,
+                                     "kazoo tries the impostor twice", 10)
+                    assert d.health.failing
+                    assert set(targets(manager)) == {first}  # the last good targets stay
+                    impostor.cancel_scope.cancel()
+
+                await call(server.start)
+                await eventually(lambda: not d.health.failing, "health recovers again", 15)
+                client = await call(server.client)
+                try:
+                    second = await call(client.create, f"{root}/member_", member(port=9),
+                                        ephemeral=True, sequence=True)
+                    await eventually(lambda: set(targets(manager)) == {first, second},
+                                     "changes are seen again")
+                finally:
+                    await call(client.stop)
+                    await call(client.close)
+            finally:
+                await call(server.stop)
         nursery.cancel_scope.cancel()
     # kazoo's connection attempts, reads and shutdown all ran off the Trio thread: the loop
     # kept ticking (a blocking call would stall it for the 2 s connect timeout).

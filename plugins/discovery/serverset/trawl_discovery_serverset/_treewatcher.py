@@ -20,15 +20,18 @@ log = logging.getLogger("trawl.discovery.zookeeper")
 
 
 class _QuietKazooLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """kazoo's own messages, below ERROR demoted to DEBUG.
+    """kazoo's own messages, demoted to DEBUG.
 
-    kazoo logs every connection attempt (a warning each retry while ZooKeeper is down);
-    the discoverer reports a problem once, when it starts and when it ends.
+    kazoo logs every connection attempt: a warning each retry while ZooKeeper is down, an
+    error with a traceback each time a server answers garbage. The discoverer reports a
+    problem once, when it starts and when it ends. Only kazoo's "Unhandled exception"
+    (its connection thread dying) keeps its level.
     """
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        super().log(level if level >= logging.ERROR else min(level, logging.DEBUG), msg,
-                    *args, **kwargs)
+        if not str(msg).startswith("Unhandled"):
+            level = min(level, logging.DEBUG)
+        super().log(level, msg, *args, **kwargs)
 
 
 _kazoo_log = _QuietKazooLog(logging.getLogger("trawl.discovery.zookeeper.kazoo"), {})
