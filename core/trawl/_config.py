@@ -15,6 +15,7 @@ from ._errors import ConfigError
 from ._model import ByteSize, DiscovererConfig, Duration, ProcessorConfig, SectionModel, SinkConfig
 from ._plugins import KNOWN_SECTIONS, Registry
 from ._processing import Processor
+from ._relabel import RelabelConfig
 from ._sinks import Sink
 
 DEFAULT_BODY_SIZE_LIMIT = 64 * 1024 * 1024
@@ -56,6 +57,9 @@ class ScraperConfig(SectionModel):
     label_name_length_limit: int = Field(default=0, ge=0)
     label_value_length_limit: int = Field(default=0, ge=0)
     processors: list[dict[str, Any]] = Field(default_factory=list)
+    relabel_configs: list[RelabelConfig] = Field(default_factory=list)
+    metric_relabel_configs: list[RelabelConfig] = Field(default_factory=list)
+    format: Literal["kapacitor", "telegraf-v1", "telegraf-v2"] = "kapacitor"
 
     @field_validator("params", mode="before")
     @classmethod
@@ -100,6 +104,9 @@ class HttpConfig(SectionModel):
     enabled: bool = True
     bind_address: str = "127.0.0.1:9273"
     auth_enabled: bool = False
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    bearer_token: SecretStr = SecretStr("")
     log_enabled: bool = True
     write_tracing: bool = False
     pprof_enabled: bool = False
@@ -108,6 +115,21 @@ class HttpConfig(SectionModel):
     https_private_key: str = ""
     shutdown_timeout: Duration = 10.0
     shared_secret: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> HttpConfig:
+        if self.auth_enabled and not (self.username or self.bearer_token.get_secret_value()):
+            raise ValueError("auth-enabled needs username and password, or bearer-token")
+        if self.https_enabled and not self.https_certificate:
+            raise ValueError("https-enabled needs https-certificate (and https-private-key)")
+        return self
+
+
+class ReloadConfig(SectionModel):
+    """``[reload]``: also reload when the configuration file changes."""
+
+    watch: bool = False
+    interval: Duration = 2.0
 
 
 @dataclass
@@ -122,6 +144,7 @@ class Config:
         default_factory=dict
     )
     http: HttpConfig | None = None
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
     notices: list[str] = field(default_factory=list)
 
     def enabled_scrapers(self) -> list[ScraperConfig]:
@@ -179,6 +202,13 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: str = "<conf
                     config.processors[model.name] = _processors(
                         model, registry, _where(path, section, index, entry), problems
                     )
+        elif section == "reload":
+            if not isinstance(value, Mapping):
+                problems.append(f"{path}: [reload]: expected a table")
+                continue
+            reload = _validate(ReloadConfig, value, path, section, None, problems)
+            if reload is not None:
+                config.reload = reload
         elif section == "http":
             if not isinstance(value, Mapping):
                 problems.append(f"{path}: [http]: expected a table")

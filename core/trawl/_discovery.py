@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -53,12 +52,12 @@ class GroupSender:
     group removes its source's targets.
     """
 
-    def __init__(self, manager: DiscoveryManager, key: str) -> None:
+    def __init__(self, manager: DiscoveryManager, table: dict[str, TargetGroup]) -> None:
         self._manager = manager
-        self._key = key
+        self._table = table
 
     async def send(self, groups: Sequence[TargetGroup]) -> None:
-        self._manager._apply(self._key, groups)
+        self._manager._apply(self._table, groups)
         await trio.lowlevel.checkpoint()
 
 
@@ -202,22 +201,28 @@ class DiscoveryManager:
     """Runs the discoverers and keeps the merged groups of each.
 
     Consumers call `snapshot` for a discoverer's current targets and `wait_changed` to
-    sleep until some discoverer sends something.
+    sleep until something changes. `update` swaps in a new set of discoverers (on reload),
+    keeping those whose configuration did not change.
     """
 
     def __init__(self, discoverers: Sequence[Discoverer]) -> None:
         self.discoverers = {d.name: d for d in discoverers}
         self._groups: dict[str, dict[str, TargetGroup]] = {name: {} for name in self.discoverers}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
         self._version = 0
         self._changed = trio.Event()
 
-    def _apply(self, key: str, groups: Sequence[TargetGroup]) -> None:
-        table = self._groups[key]
+    def _apply(self, table: dict[str, TargetGroup], groups: Sequence[TargetGroup]) -> None:
         for g in groups:
             if g.targets:
                 table[g.source] = g
             else:
                 table.pop(g.source, None)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake everyone waiting in `wait_changed`."""
         self._version += 1
         self._changed.set()
         self._changed = trio.Event()
@@ -244,23 +249,59 @@ class DiscoveryManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every discoverer; report started once each made its first attempt."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for name, discoverer in self.discoverers.items():
-                await nursery.start(self._run_one, name, discoverer)
+                await nursery.start(self._run_one, discoverer, self._groups[name])
             task_status.started()
+            await trio.sleep_forever()
+
+    async def update(self, discoverers: Sequence[Discoverer]) -> list[str]:
+        """Run exactly ``discoverers``: unchanged ones (same class and configuration) keep
+        running with their state; changed ones are replaced once the new one has made its
+        first attempt, so their targets never vanish in between. Returns what changed."""
+        assert self._nursery is not None, "update() needs a running manager"
+        wanted = {d.name: d for d in discoverers}
+        changes = []
+        for name in list(self.discoverers):
+            if name not in wanted:
+                self._stop(self.discoverers.pop(name))
+                del self._groups[name]
+                changes.append(f"stopped {name}")
+        for name, new in wanted.items():
+            old = self.discoverers.get(name)
+            if old is not None and type(old) is type(new) and old.config == new.config:
+                continue
+            table: dict[str, TargetGroup] = {}
+            await self._nursery.start(self._run_one, new, table)
+            if old is not None:
+                self._stop(old)
+            self.discoverers[name] = new
+            self._groups[name] = table
+            changes.append(f"{'restarted' if old is not None else 'started'} {name}")
+        if changes:
+            self.notify()
+        return changes
+
+    def _stop(self, discoverer: Discoverer) -> None:
+        scope = self._scopes.pop(id(discoverer), None)
+        if scope is not None:
+            scope.cancel()
 
     async def _run_one(
-        self, name: str, discoverer: Discoverer,
+        self, discoverer: Discoverer, table: dict[str, TargetGroup],
         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        sender = GroupSender(self, name)
-        try:
-            await discoverer.run(sender, task_status=task_status)
-        except Exception as exc:
-            # A discoverer that dies keeps its last targets; the rest of trawl goes on.
-            log.error("discoverer %s stopped: %s", name, describe_error(exc), exc_info=exc)
-            discoverer.health.failed(f"stopped: {describe_error(exc)}")
+        name = discoverer.name
+        with trio.CancelScope() as scope:
+            self._scopes[id(discoverer)] = scope
             try:
-                task_status.started()
-            except RuntimeError:
-                pass
-            await trio.sleep(math.inf)
+                await discoverer.run(GroupSender(self, table), task_status=task_status)
+            except Exception as exc:
+                # A discoverer that dies keeps its last targets; the rest of trawl goes on.
+                log.error("discoverer %s stopped: %s", name, describe_error(exc), exc_info=exc)
+                discoverer.health.failed(f"stopped: {describe_error(exc)}")
+                try:
+                    task_status.started()
+                except RuntimeError:
+                    pass
+                await trio.sleep_forever()

@@ -527,6 +527,15 @@ class ScrapeManager:
     def _discoverer_of(self, pool: ScrapePool) -> str:
         return f"{pool.scraper.discoverer_service}/{pool.scraper.discoverer_id}"
 
+    def replace_pools(self, pools: list[ScrapePool], stopped: list[ScrapePool]) -> None:
+        """Scrape ``pools`` from now on; every loop of the ``stopped`` pools ends."""
+        for pool in stopped:
+            for _, scope in pool.loops.values():
+                scope.cancel()
+            pool.loops.clear()
+        self.pools = pools
+        self.discovery.notify()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             seen = -1
