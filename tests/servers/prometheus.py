@@ -27,8 +27,10 @@ class _Reference:
     name = ""
 
     def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], *,
-                 drop_all: bool = True, scrape_interval: str = "1s") -> None:
+                 drop_all: bool = True, scrape_interval: str = "1s",
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         jobs = []
@@ -50,7 +52,8 @@ class _Reference:
 
     def start(self) -> _Reference:
         binary = require_binary(self.binary)
-        self.process = ServerProcess(self.name, self.argv(binary), self.workdir).start()
+        self.process = ServerProcess(self.name, self.argv(binary), self.workdir,
+                                     env=self.env).start()
         try:
             wait_http(self.ready_url, timeout=30)
         except TimeoutError:
