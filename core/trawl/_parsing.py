@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import repeat
+from operator import itemgetter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -571,15 +573,14 @@ _TEXT_SAMPLE = re.compile(
     r"\n([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^\n]*\})?) (" + VALUE_FAST + r")(?: ([0-9]{1,18}))?"
     r"(?=\n)"
 )
-_TEXT_COMMENT_OK = re.compile(
-    r"\n\#(?:[ \t]+HELP[ \t]+[a-zA-Z_:][^\n]*"
-    r"|[ \t]+TYPE[ \t]+[a-zA-Z_:][a-zA-Z0-9_:]*[^a-zA-Z0-9_:\n]"
-    r"(?:counter|gauge|histogram|summary|untyped)"
-    r"|(?![ \t]+(?:HELP|TYPE)[ \t])[^\n]*)(?=\n)"
-)
-_TEXT_TYPE_LINE = re.compile(
-    r"\n\#[ \t]+TYPE[ \t]+([a-zA-Z_:][a-zA-Z0-9_:]*)[^a-zA-Z0-9_:\n]"
+# Comment lines: Prometheus rejects only malformed "# HELP"/"# TYPE" lines. This matches
+# every comment line: a "# TYPE" line written the usual way gives (name, type, ""), a line
+# that might be a HELP or TYPE line written some other way gives ("", "", "x"), which sends
+# the body to the exact parser, and any other comment gives ("", "", "").
+_TEXT_COMMENTS = re.compile(
+    r"\n\#(?: TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*)[^a-zA-Z0-9_:\n]"
     r"(counter|gauge|histogram|summary|untyped)(?=\n)"
+    r"|( TYPE |[ \t][ \t]|\t|[ \t](?:HELP|TYPE)\t|[ \t]HELP [^a-zA-Z_:])|)"
 )
 _STRINGS_CLOSED = re.compile(r'[^"]*+(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"]*+)*+\Z', re.S)
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -609,21 +610,36 @@ def _fast_text(body: bytes) -> Scraped | None:
     if not text:
         return Scraped()
     text = "\n" + text if text[-1] == "\n" else "\n" + text + "\n"
-    if "\n\n" in text:
-        return None
     found = _TEXT_SAMPLE.findall(text)
-    comments = text.count("\n#")
-    if len(found) + comments != text.count("\n") - 1:
-        return None
+    comments = _TEXT_COMMENTS.findall(text)
+    if len(found) + len(comments) != text.count("\n") - 1:
+        return None  # a blank line, or a line that is neither a plain sample nor a comment
     types: dict[str, str] = {}
     if comments:
-        if len(_TEXT_COMMENT_OK.findall(text)) != comments:
+        if any(map(_third, comments)):
             return None
-        types = dict(_TEXT_TYPE_LINE.findall(text))
-    for series in [s for s, _, _ in found if s.count('"') & 1 or "\\" in s]:
-        if not _STRINGS_CLOSED.match(series):
+        types = dict(map(_first_two, comments))
+        types.pop("", None)
+    series = list(map(_first, found))
+    if "\\" in text:
+        suspects = [s for s in series if s.count('"') & 1 or "\\" in s]
+    elif any(map(_odd, map(str.count, series, repeat('"')))):
+        suspects = [s for s in series if s.count('"') & 1]
+    else:
+        suspects = []
+    for text in suspects:
+        if not _STRINGS_CLOSED.match(text):
             return None  # a label value may run on to the next line: read it exactly
-    return Scraped([(s, float(v), int(t) if t else None) for s, v, t in found], types)
+    if any(map(_third, found)):
+        return Scraped([(s, float(v), int(t) if t else None) for s, v, t in found], types)
+    return Scraped(list(zip(series, map(float, map(_second, found)), repeat(None))), types)
+
+
+_first = itemgetter(0)
+_first_two = itemgetter(0, 1)
+_second = itemgetter(1)
+_third = itemgetter(2)
+_odd = (1).__and__
 
 
 class PrometheusTextParser(Parser):
