@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import repeat
-from operator import itemgetter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import repeat
+from operator import itemgetter
 from typing import ClassVar
 
 from ._errors import TrawlError
