@@ -136,8 +136,11 @@ async def _read_request(stream: trio.abc.Stream) -> Request:
     path, _, query_string = target.partition("?")
     if len(query_string) > MAX_PARAM_LENGTH * 4:
         raise BadRequest(414, "query string too long")
-    query = parse_qs(query_string, keep_blank_values=True, max_num_fields=MAX_QUERY_PARAMS) \
-        if query_string else {}
+    try:
+        query = parse_qs(query_string, keep_blank_values=True,
+                         max_num_fields=MAX_QUERY_PARAMS) if query_string else {}
+    except ValueError:
+        raise BadRequest(400, f"more than {MAX_QUERY_PARAMS} query parameters") from None
     if any(len(v) > MAX_PARAM_LENGTH for vs in query.values() for v in vs):
         raise BadRequest(414, "query parameter too long")
     body = b""
