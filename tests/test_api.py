@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+import trawl
 import trio
 import trustme
-
-import trawl
-from tests.servers import free_port
 from trawl.testing import ExpositionServer, make_registry
+
+from tests.servers import free_port
 
 BODY = b"# TYPE m gauge\nm 1\n"
 
@@ -129,18 +129,17 @@ async def test_auth_guards_every_endpoint_but_healthy(up_target):
     cfg = config(port, up_target, closed_port(), **{
         "auth-enabled": True, "username": "admin", "password": "s3cret",
         "bearer-token": "tok-123"})
-    async with running(cfg):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for path in ("/metrics", "/api/v1/targets", "/-/ready", "/targets"):
-                assert (await client.get(path)).status_code == 401, path
-                assert (await client.get(path, auth=("admin", "wrong"))).status_code == 401
-                assert (await client.get(path, auth=("admin", "s3cret"))).status_code == 200
-                ok = await client.get(path, headers={"Authorization": "Bearer tok-123"})
-                assert ok.status_code == 200
-            assert (await client.get("/-/healthy")).status_code == 200
-            reload = await client.post("/-/reload")
-            assert reload.status_code == 401
-            assert reload.headers["WWW-Authenticate"] == 'Basic realm="trawl"'
+    async with running(cfg), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for path in ("/metrics", "/api/v1/targets", "/-/ready", "/targets"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, auth=("admin", "wrong"))).status_code == 401
+            assert (await client.get(path, auth=("admin", "s3cret"))).status_code == 200
+            ok = await client.get(path, headers={"Authorization": "Bearer tok-123"})
+            assert ok.status_code == 200
+        assert (await client.get("/-/healthy")).status_code == 200
+        reload = await client.post("/-/reload")
+        assert reload.status_code == 401
+        assert reload.headers["WWW-Authenticate"] == 'Basic realm="trawl"'
 
 
 def test_auth_without_credentials_is_a_config_error():
