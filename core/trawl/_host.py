@@ -16,8 +16,10 @@ from ._batch import Batch
 from ._config import Config, ScraperConfig
 from ._discovery import Discoverer, DiscoveryManager
 from ._errors import ConfigError
+from ._formats import MAPPERS
 from ._httpserver import serve, tls_server_context
 from ._plugins import Registry
+from ._relabel import relabeler
 from ._scrape import ScrapeManager, ScrapePool
 from ._sinks import SinkRunner
 
@@ -58,6 +60,9 @@ class Host:
         processors = [cls(c) for cls, c in config.processors.get(scraper.name, [])]
         return ScrapePool(
             scraper, registry, self._deliver_to(config.sinks_of(scraper)), processors=processors,
+            relabel=relabeler(scraper.relabel_configs),
+            metric_relabel=relabeler(scraper.metric_relabel_configs),
+            mapper=MAPPERS[scraper.format],
         )
 
     def _deliver_to(self, names: Sequence[str]) -> Callable[[Batch], None]:

@@ -25,9 +25,11 @@ from ._config import ScraperConfig
 from ._discovery import DiscoveredTarget, DiscoveryManager
 from ._duration import format_duration
 from ._errors import TrawlError
+from ._formats import MAPPERS, Mapper
 from ._parsing import ParseError, Parser
 from ._plugins import Registry
 from ._processing import Processor
+from ._relabel import relabeler
 from ._targets import ADDRESS, METRICS_PATH, PARAM_PREFIX, SCHEME, Labels
 
 log = logging.getLogger("trawl.scrape")
@@ -85,14 +87,15 @@ def build_target(
       The target, or ``None`` and the reason it was dropped.
     """
     labels = dict(discovered)
-    labels.setdefault("job", scraper.name)
-    labels.setdefault(SCHEME, scraper.scheme)
-    labels.setdefault(METRICS_PATH, scraper.metrics_path)
-    labels.setdefault("__scrape_interval__", format_duration(scraper.scrape_interval))
-    labels.setdefault("__scrape_timeout__", format_duration(scraper.scrape_timeout))
-    for key, values in scraper.params.items():
+    for key, value in (("job", scraper.name), (SCHEME, scraper.scheme),
+                       (METRICS_PATH, scraper.metrics_path),
+                       ("__scrape_interval__", format_duration(scraper.scrape_interval)),
+                       ("__scrape_timeout__", format_duration(scraper.scrape_timeout))):
+        if not labels.get(key):
+            labels[key] = value
+    for key, values in scraper.params.items():  # Prometheus: the scraper's params win
         if values:
-            labels.setdefault(PARAM_PREFIX + key, values[0])
+            labels[PARAM_PREFIX + key] = values[0]
     if relabel is not None:
         relabeled = relabel(labels)
         if relabeled is None:
@@ -205,8 +208,15 @@ class ScrapeLoop:
         self.health = TargetHealth()
         self._labels = dict(target.labels)
         self._cache: dict[str, Series | None] = {}
+        if pool.metric_relabel is None and scraper.metric_relabel_configs:
+            pool.metric_relabel = relabeler(scraper.metric_relabel_configs)
+        self._relabel = pool.metric_relabel
+        self._mapper: Mapper = pool.mapper or MAPPERS[scraper.format]
+        self._kapacitor = self._mapper is MAPPERS["kapacitor"]
+        self._types: dict[str, str] | None = None
+        self._typed = [p for p in pool.processors if getattr(p, "wants_types", False)]
         self._auto: dict[str, Series] = {
-            name: Series(name, self._labels)
+            name: self._mapper(name, dict(self._labels), {})
             for name in ("up", "scrape_duration_seconds", "scrape_samples_scraped",
                          "scrape_samples_post_metric_relabeling", "scrape_series_added")
         }
@@ -325,6 +335,9 @@ class ScrapeLoop:
                 points: list[Point]) -> tuple[int, int]:
         parser = self.pool.parser(content_type)
         scraped = parser.parse(body)
+        if not self._kapacitor and scraped.types != self._types:
+            self._types = scraped.types  # Telegraf mappings depend on the family types
+            self._cache = {}
         cache = self._cache
         get = cache.get
         new: dict[str, Series | None] = {}
@@ -342,6 +355,8 @@ class ScrapeLoop:
                 continue
             append((series, value, ts_ms if ts is None or not honor_ts else ts))  # type: ignore[arg-type]
         if self.pool.processors:
+            for processor in self._typed:
+                processor.types = scraped.types  # type: ignore[attr-defined]
             kept = points
             for processor in self.pool.processors:
                 kept = processor.process(kept)
@@ -355,7 +370,12 @@ class ScrapeLoop:
             self._cache = {t: cache[t] for t, _, _ in samples}
         return len(samples), len(new)
 
-    def _series(self, parser: Parser, text: str) -> Series:
+    def _series(self, parser: Parser, text: str) -> Series | None:
+        """A cache miss: target and sample labels, metric relabeling, InfluxDB mapping.
+
+        The result (``None`` when metric relabeling drops the series) is cached by the
+        caller, so all of this runs once per series, not once per sample.
+        """
         name, labels = parser.parse_series(text)
         tags = dict(self._labels)
         if self.scraper.honor_labels:
@@ -367,8 +387,17 @@ class ScrapeLoop:
                         tags["exported_" + key] = value
                 else:
                     tags[key] = value
+        if self._relabel is not None:
+            relabeled = self._relabel({**tags, "__name__": name})
+            if relabeled is None:
+                return None
+            name = relabeled.pop("__name__", "")
+            if not name:
+                raise ScrapeError("metric relabeling removed __name__ from series "
+                                  f"{text[:100]!r}: a series needs a name")
+            tags = relabeled
         check_label_limits(self.scraper, name, tags)
-        return Series(name, tags)
+        return self._mapper(name, tags, self._types or {})
 
 
 def check_label_limits(scraper: ScraperConfig, name: str, tags: dict[str, str]) -> None:
@@ -459,6 +488,8 @@ class ScrapePool:
     deliver_batch: Callable[[Batch], None]
     processors: list[Processor] = field(default_factory=list)
     relabel: Callable[[Labels], Labels | None] | None = None
+    metric_relabel: Callable[[Labels], Labels | None] | None = None
+    mapper: Mapper | None = None
     loops: dict[tuple[object, ...], tuple[ScrapeLoop, trio.CancelScope]] = field(
         default_factory=dict
     )
@@ -489,6 +520,8 @@ class ScrapePool:
     def desired(self, discovered: Sequence[DiscoveredTarget]) -> dict[object, ScrapeTarget]:
         want: dict[object, ScrapeTarget] = {}
         self.dropped = []
+        if self.relabel is None and self.scraper.relabel_configs:
+            self.relabel = relabeler(self.scraper.relabel_configs)
         for d in discovered:
             target, why = build_target(d.labels, self.scraper, self.relabel)
             if target is None:
