@@ -1,6 +1,6 @@
 {%- set c = cookiecutter -%}
 {%- set p = c.__class_prefix -%}
-"""{{ c.__dist_name }}: the host finds it, its configuration, its behaviour under Trio."""
+"""The plugin's tests: the host finds it, its configuration, its behaviour under Trio."""
 
 from __future__ import annotations
 
@@ -16,17 +16,20 @@ import trio.testing
 from pydantic import ValidationError
 from trawl.testing import MemorySink, exposition_target, loopback_clock, make_registry, run_host
 
-from {{ c.__package_name }} import {{ p }}Discoverer, {{ p }}DiscoveryConfig
+from {{ c.__package_name }} import {{ p }}Discoverer as Discoverer
+from {{ c.__package_name }} import {{ p }}DiscoveryConfig as Config
 {%- elif c.kind == "sink" %}
 from pydantic import ValidationError
 from trawl.testing import exposition_target, loopback_clock, make_registry, run_host
 
-from {{ c.__package_name }} import {{ p }}Sink, {{ p }}SinkConfig
+from {{ c.__package_name }} import {{ p }}Sink as Sink
+from {{ c.__package_name }} import {{ p }}SinkConfig as Config
 {%- else %}
 from pydantic import ValidationError
 from trawl.testing import MemorySink, exposition_target, loopback_clock, make_registry, run_host
 
-from {{ c.__package_name }} import {{ p }}Processor, {{ p }}ProcessorConfig
+from {{ c.__package_name }} import {{ p }}Processor as Processor
+from {{ c.__package_name }} import {{ p }}ProcessorConfig as Config
 {%- endif %}
 
 SCRAPER = """
@@ -55,15 +58,15 @@ def test_plugin_is_registered():
 {% if c.kind == "discovery" %}
 
 def test_config_validates_and_rejects_bad_keys():
-    config = {{ p }}DiscoveryConfig.model_validate(
+    config = Config.model_validate(
         {"id": "a", "ports": [9100], "refresh-interval": "1m"})
     assert (config.ports, config.refresh_interval) == ([9100], 60.0)
     with pytest.raises(ValidationError, match="portz"):
-        {{ p }}DiscoveryConfig.model_validate({"id": "a", "portz": [9100]})
+        Config.model_validate({"id": "a", "portz": [9100]})
     with pytest.raises(ValidationError, match="less than or equal to 65535"):
-        {{ p }}DiscoveryConfig.model_validate({"id": "a", "ports": [70000]})
+        Config.model_validate({"id": "a", "ports": [70000]})
     with pytest.raises(ValidationError, match="above zero"):
-        {{ p }}DiscoveryConfig.model_validate({"id": "a", "refresh-interval": "0s"})
+        Config.model_validate({"id": "a", "refresh-interval": "0s"})
 
 
 def test_a_bad_key_in_toml_names_the_section_and_the_key():
@@ -75,9 +78,9 @@ def test_a_bad_key_in_toml_names_the_section_and_the_key():
 
 
 async def test_reports_targets_every_refresh_interval(autojump_clock):
-    config = {{ p }}DiscoveryConfig.model_validate(
+    config = Config.model_validate(
         {"id": "a", "ports": [9100, 9200], "labels": {"env": "test"}, "refresh-interval": "30s"})
-    discoverer = {{ p }}Discoverer(config)
+    discoverer = Discoverer(config)
     manager = trawl.DiscoveryManager([discoverer])
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
@@ -115,14 +118,14 @@ async def test_discovered_targets_are_scraped(clock):
 {%- elif c.kind == "sink" %}
 
 def test_config_validates_and_rejects_bad_keys():
-    config = {{ p }}SinkConfig.model_validate({"name": "out", "directory": "/tmp/x"})
+    config = Config.model_validate({"name": "out", "directory": "/tmp/x"})
     assert config.directory == "/tmp/x"
     with pytest.raises(ValidationError, match="directoryy"):
-        {{ p }}SinkConfig.model_validate({"name": "out", "directory": "d", "directoryy": "d"})
+        Config.model_validate({"name": "out", "directory": "d", "directoryy": "d"})
     with pytest.raises(ValidationError, match="directory"):
-        {{ p }}SinkConfig.model_validate({"name": "out"})
+        Config.model_validate({"name": "out"})
     with pytest.raises(ValidationError, match="must name a directory"):
-        {{ p }}SinkConfig.model_validate({"name": "out", "directory": ""})
+        Config.model_validate({"name": "out", "directory": ""})
 
 
 def test_a_bad_key_in_toml_names_the_section_and_the_key():
@@ -139,7 +142,7 @@ def batch(db: str, *values: float) -> trawl.Batch:
 
 
 async def test_writes_each_batch_to_its_database_file(autojump_clock, tmp_path):
-    sink = {{ p }}Sink({{ p }}SinkConfig(name="out", directory=str(tmp_path / "out")))
+    sink = Sink(Config(name="out", directory=str(tmp_path / "out")))
     await sink.open()
     await sink.write(batch("db", 1.0, 2.5))
     await sink.write(batch("db", 3.0))
@@ -153,7 +156,7 @@ async def test_writes_each_batch_to_its_database_file(autojump_clock, tmp_path):
 
 async def test_failures_are_sink_errors(autojump_clock, tmp_path):
     (tmp_path / "file").write_text("")
-    sink = {{ p }}Sink({{ p }}SinkConfig(name="out", directory=str(tmp_path / "file")))
+    sink = Sink(Config(name="out", directory=str(tmp_path / "file")))
     with pytest.raises(trawl.SinkError, match="cannot create"):
         await sink.open()
     with pytest.raises(trawl.SinkError, match="cannot write") as info:
@@ -183,17 +186,17 @@ async def test_scrapes_reach_the_sink(clock, tmp_path):
 KIND = "{{ c.__section }}"
 
 
-def processor(**keys: object) -> {{ p }}Processor:
-    return {{ p }}Processor({{ p }}ProcessorConfig.model_validate({"kind": KIND, **keys}))
+def processor(**keys: object) -> Processor:
+    return Processor(Config.model_validate({"kind": KIND, **keys}))
 
 
 def test_config_validates_and_rejects_bad_keys():
-    config = {{ p }}ProcessorConfig.model_validate({"kind": KIND, "tags": {"dc": "eu"}})
+    config = Config.model_validate({"kind": KIND, "tags": {"dc": "eu"}})
     assert (config.tags, config.overwrite) == ({"dc": "eu"}, False)
     with pytest.raises(ValidationError, match="tagz"):
-        {{ p }}ProcessorConfig.model_validate({"kind": KIND, "tagz": {"dc": "eu"}})
+        Config.model_validate({"kind": KIND, "tagz": {"dc": "eu"}})
     with pytest.raises(ValidationError, match="at least one tag"):
-        {{ p }}ProcessorConfig.model_validate({"kind": KIND, "tags": {}})
+        Config.model_validate({"kind": KIND, "tags": {}})
 
 
 def test_a_bad_key_in_toml_names_the_scraper_and_the_key():

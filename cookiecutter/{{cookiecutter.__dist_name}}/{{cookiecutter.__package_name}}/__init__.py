@@ -1,6 +1,6 @@
 {%- set c = cookiecutter -%}
 {%- if c.kind == "discovery" -%}
-"""{{ c.description }}: ``[[{{ c.__section }}]]``."""
+"""{{ c.__dist_name }}: the hookimpls, which trawl finds through the entry point."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["{{ c.__class_prefix }}Discoverer", "{{ c.__class_prefix }}DiscoveryC
 def trawl_register_discoverers(register: Callable[[type[trawl.Discoverer]], None]) -> None:
     register({{ c.__class_prefix }}Discoverer)
 {%- elif c.kind == "sink" -%}
-"""{{ c.description }}: ``[[{{ c.__section }}]]``."""
+"""{{ c.__dist_name }}: the hookimpls, which trawl finds through the entry point."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ __all__ = ["{{ c.__class_prefix }}Sink", "{{ c.__class_prefix }}SinkConfig"]
 def trawl_register_sinks(register: Callable[[type[trawl.Sink]], None]) -> None:
     register({{ c.__class_prefix }}Sink)
 {%- else -%}
-"""{{ c.description }}: ``kind = "{{ c.__section }}"`` in ``[[scraper.processors]]``."""
+"""{{ c.__dist_name }}: the hookimpls, which trawl finds through the entry point."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 {%- set c = cookiecutter -%}
-"""``[[{{ c.__section }}]]``: the discoverer. Replace `refresh` with a call to your authority."""
+"""The discoverer and its configuration.
+
+Replace `refresh` with a call to your authority, and the configuration with its keys.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ PORT_LABEL = "__meta_{{ c.__name_underscored }}_port"
 
 
 class {{ c.__class_prefix }}DiscoveryConfig(trawl.DiscovererConfig):
-    """``[[{{ c.__section }}]]``: ``enabled``, ``id``, ``ports``, ``labels``, ``refresh-interval``.
+    """A ``[[{{ c.__section }}]]`` section.
 
-    Unknown keys are errors. TOML keys are hyphenated: ``refresh_interval`` is written
-    ``refresh-interval``.
+    Keys: ``enabled`` and ``id`` (from `trawl.DiscovererConfig`), ``ports``, ``labels``,
+    ``refresh-interval``. Unknown keys are errors. Fields are written hyphenated in TOML:
+    ``refresh_interval`` is ``refresh-interval``.
     """
 
     ports: list[Port] = Field(default_factory=list)

@@ -1,5 +1,8 @@
 {%- set c = cookiecutter -%}
-"""``kind = "{{ c.__section }}"``: the processor. Replace `process` with your transform."""
+"""The processor and its configuration.
+
+Replace `process` with your transform, and the configuration with its keys.
+"""
 
 from __future__ import annotations
 

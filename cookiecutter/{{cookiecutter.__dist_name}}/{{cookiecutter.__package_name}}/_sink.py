@@ -1,5 +1,8 @@
 {%- set c = cookiecutter -%}
-"""``[[{{ c.__section }}]]``: the sink. Replace `write` with a call to your destination."""
+"""The sink and its configuration.
+
+Replace `write` with a call to your destination, and the configuration with its keys.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from pydantic import field_validator
 
 
 class {{ c.__class_prefix }}SinkConfig(trawl.SinkConfig):
-    """``[[{{ c.__section }}]]``: ``enabled``, ``name``, ``default``, ``directory``.
+    """A ``[[{{ c.__section }}]]`` section.
 
+    Keys: ``enabled``, ``name`` and ``default`` (from `trawl.SinkConfig`), ``directory``.
     Unknown keys are errors.
     """
 
