@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import urllib.parse
 import urllib.request
@@ -29,7 +30,14 @@ from trawl._parsing import Parser
 from trawl._plugins import Registry, collect, get_plugin_manager
 from trawl._scrape import ScrapePool
 
-from tests.data.parse import Case, load_cases, read_both
+from tests.data.parse import (
+    EXPECTED,
+    Case,
+    load_cases,
+    normalized_error,
+    read_both,
+    sorted_series,
+)
 from tests.servers import wait_until
 from tests.servers.prometheus import Prometheus
 
@@ -38,7 +46,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow]
 AUTO = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
         "scrape_samples_post_metric_relabeling", "scrape_series_added"}
 CASES = load_cases()
-INVALID_NAMES = "invalid metric name or label names: "
 
 
 class CaseServer:
@@ -101,7 +108,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
             wait_until(all_scraped, 60, "Prometheus to scrape every case")
             targets = {t["labels"]["job"]: t for t in prom.targets("active")["activeTargets"]}
-            results: dict[str, Any] = {"accept": server.headers[0].get("Accept", "")}
+            results: dict[str, Any] = {"accept": server.headers[0].get("Accept", ""),
+                                       "cases": {}}
             for i, case in enumerate(CASES):
                 job = f"case-{i}"
                 query = urllib.parse.urlencode({"query": f'{{job="{job}"}}'})
@@ -118,8 +126,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                     labels.pop("instance")
                     series.add((name, tuple(sorted(labels.items())), item["value"][1]))
                 t = targets[job]
-                results[case.name] = {"up": t["health"] == "up", "error": t["lastError"],
-                                      "series": series, "count": count}
+                results["cases"][case.name] = {
+                    "up": t["health"] == "up", "error": normalized_error(t["lastError"]),
+                    "series": sorted_series([name, dict(labels), value]
+                                             for name, labels, value in series),
+                    "count": count if t["health"] == "up" else None,
+                }
             yield results
 
 
@@ -153,23 +165,28 @@ def test_accept_header_is_prometheus(scraped: dict[str, Any], registry: Registry
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_matches_prometheus(case: Case, scraped: dict[str, Any],
                                  registry: Registry) -> None:
-    prom = scraped[case.name]
+    prom = scraped["cases"][case.name]
     parser = parser_for(registry, case.content_type)
     samples, error = read_both(parser, case.body)
     assert (samples is not None) == prom["up"], (
         f"Prometheus {'accepted' if prom['up'] else 'rejected: ' + prom['error']}, "
         f"trawl {'accepted' if samples is not None else 'rejected: ' + error}")
     if samples is None:
-        ours = error.split(": ", 1)[1]
-        if ours.startswith(INVALID_NAMES):  # Prometheus's text adds the target's labels
-            ours, theirs = ours.split("{", 1)[0], prom["error"].split("{", 1)[0]
-        else:
-            theirs = prom["error"]
-        assert ours == theirs
+        assert normalized_error(error.split(": ", 1)[1]) == prom["error"]
         return
     assert prom["count"] == len(samples)
     if case.countonly:
         return
-    ours = {(name, tuple(sorted(labels.items())), value)
-            for name, labels, value, _ in samples}
+    ours = sorted_series([name, labels, value] for name, labels, value, _ in samples)
     assert ours == prom["series"]
+
+
+def test_recorded_results_are_prometheus(scraped: dict[str, Any]) -> None:
+    """``expected.json`` (which the offline parser tests use) is what Prometheus does.
+
+    ``TRAWL_RECORD_PARSE=1`` rewrites it from this run.
+    """
+    if os.environ.get("TRAWL_RECORD_PARSE") == "1":
+        EXPECTED.write_text(json.dumps(scraped["cases"], indent=1, ensure_ascii=False,
+                                       sort_keys=True) + "\n")
+    assert json.loads(EXPECTED.read_text()) == scraped["cases"]

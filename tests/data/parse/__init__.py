@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from trawl._parsing import ParseError, Parser, format_value
 
 CORPUS = Path(__file__).with_name("corpus.txt")
+EXPECTED = Path(__file__).with_name("expected.json")
+"""What Prometheus 2.42 did with each case: ``{name: {up, error, series, count}}``."""
 TEXT_CT = "text/plain; version=0.0.4"
 OM_CT = "application/openmetrics-text; version=1.0.0"
 
@@ -96,3 +99,16 @@ def read_both(parser: Parser, body: bytes) -> tuple[list[Any] | None, str]:
     if fast != full:
         raise AssertionError(f"parse() read {fast}, parse_all() read {full}")
     return full, ""
+
+
+def normalized_error(message: str) -> str:
+    """An error without the label set Prometheus prints in "invalid metric name" errors
+    (it includes the target's labels, which a parser does not know)."""
+    if message.startswith("invalid metric name or label names: "):
+        return message.split("{", 1)[0].rstrip()
+    return message
+
+
+def sorted_series(series: Iterable[list[Any]]) -> list[list[Any]]:
+    """``[name, labels, value]`` items in a stable order."""
+    return sorted(series, key=lambda s: (s[0], sorted(s[1].items()), s[2]))
