@@ -197,7 +197,7 @@ def test_c_a_rejected_line_loses_only_itself(targets, tmp_path):
                             precision="s") == 204
         proc = start_trawl(tmp_path / "trawl", targets, influx, "conflict")
         try:
-            wait_until(lambda: metric(proc, "lines_rejected_total") >= 3 * TARGETS, 30,
+            wait_until(lambda: metric(proc, "lines_rejected_total") >= 2 * TARGETS, 60,
                        "lines to be rejected")
             written = metric(proc, "points_written_total")
         finally:

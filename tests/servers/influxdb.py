@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +31,29 @@ Samples = dict[Key, dict[int, float]]
 """Series → {timestamp ms: value}."""
 
 
+def restartable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    A server stopped for a while (an outage) must get its port back: a port from the
+    ephemeral range could meanwhile become the local port of some outgoing connection.
+    """
+    low = 20000
+    try:
+        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low_ephemeral = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, max(low + 1000, low_ephemeral))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 class InfluxDB:
     """``influxd`` on a free loopback port, with its data in ``workdir``.
 
@@ -37,7 +62,7 @@ class InfluxDB:
 
     def __init__(self, workdir: Path, *, auth: bool = False) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = restartable_port()
         self.rpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth = auth

@@ -3,6 +3,7 @@ authentication) and VictoriaMetrics 1.79.5 (api = "v2", its ``/api/v2/write``)."
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import time
@@ -382,6 +383,14 @@ class ScriptedServer:
                 await stream.send_all(("\r\n".join(out) + "\r\n\r\n").encode() + reply)
 
 
+async def eventually(check) -> None:
+    with trio.fail_after(30):
+        while True:
+            if check():
+                return
+            await trio.sleep(0.05)
+
+
 async def test_retry_after_from_the_server_sets_the_wait(tmp_path):
     server = ScriptedServer([(503, {"Retry-After": "1"}, b'{"error":"busy"}'),
                              (429, {"Retry-After": "1"}, b'{"error":"slow down"}')])
@@ -392,15 +401,13 @@ async def test_retry_after_from_the_server_sets_the_wait(tmp_path):
         runner = trawl.SinkRunner(sink)
         await nursery.start(runner.run)
         runner.submit(batch("db", n=3))
-        with trio.fail_after(10):
-            while runner.stats.points_written < 3:
-                await trio.sleep(0.05)
+        await eventually(lambda: runner.stats.points_written >= 3)
         await runner.close()
         nursery.cancel_scope.cancel()
     times = [t for t, _, _ in server.requests]
     assert len(times) == 3
     # Retry-After (1 s) replaced the configured 20 s backoff.
-    assert all(0.9 <= b - a < 5 for a, b in zip(times, times[1:], strict=False))
+    assert all(0.9 <= b - a < 5 for a, b in itertools.pairwise(times))
     assert runner.stats.batches_retried == 2
     assert server.requests[-1][2].count(b"\n") == 3
 
@@ -417,9 +424,7 @@ async def test_v2_partial_write_is_counted(tmp_path):
         runner = trawl.SinkRunner(sink)
         await nursery.start(runner.run)
         runner.submit(batch("db", n=5, rp="rp"))
-        with trio.fail_after(10):
-            while runner.stats.batches_written < 1:
-                await trio.sleep(0.05)
+        await eventually(lambda: runner.stats.batches_written >= 1)
         await runner.close()
         nursery.cancel_scope.cancel()
     assert runner.stats.lines_rejected == 2
