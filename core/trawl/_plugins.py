@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trawl.plugins")
 
 ENTRY_POINT_GROUP = "trawl"
-DEFAULT_PLUGINS = ("trawl.builtin.parsers",)
+DEFAULT_PLUGINS = ("trawl.builtin.parsers", "trawl.builtin.processors")
 
 KNOWN_SECTIONS: dict[str, str] = {
     "static-discovery": "trawl-discovery-static",

@@ -490,7 +490,7 @@ class ScrapePool:
     relabel: Callable[[Labels], Labels | None] | None = None
     metric_relabel: Callable[[Labels], Labels | None] | None = None
     mapper: Mapper | None = None
-    loops: dict[tuple[object, ...], tuple[ScrapeLoop, trio.CancelScope]] = field(
+    loops: dict[object, tuple[ScrapeLoop, trio.CancelScope]] = field(
         default_factory=dict
     )
     dropped: list[tuple[DiscoveredTarget, str]] = field(default_factory=list)
