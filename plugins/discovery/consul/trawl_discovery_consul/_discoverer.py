@@ -380,17 +380,21 @@ class ConsulDiscoverer(trawl.Discoverer):
             task_status.started()
 
     # ------------------------------------------------------------------ health
+    # Health is the discoverer's, but every watcher fails and recovers on its own: the
+    # discoverer is failing while any watcher is, and says so once, not once per service.
     def _failed(self, where: str, error: str) -> None:
         message = f"{where}: {error}"
-        if where not in self._failing:
-            log.warning("discoverer %s: %s (keeping the last good targets, retrying)",
-                        self.name, message)
+        if not self._failing:
+            log.warning("discoverer %s failed: %s (keeping the last good targets, retrying "
+                        "with backoff)", self.name, message)
+        elif where not in self._failing:
+            log.debug("discoverer %s failed: %s", self.name, message)
         self._failing[where] = message
         self.health.failed(message)
 
     def _succeeded(self, where: str) -> None:
-        if self._failing.pop(where, None) is not None:
-            log.warning("discoverer %s: %s recovered", self.name, where)
+        if self._failing.pop(where, None) is not None and not self._failing:
+            log.warning("discoverer %s recovered", self.name)
         total = sum(self._targets.values())
         if self._failing:
             self.health.targets = total
