@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import logging
+import random
 import subprocess
 import sys
 import tomllib
