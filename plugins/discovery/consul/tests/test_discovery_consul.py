@@ -363,6 +363,14 @@ async def test_unreachable_consul_is_reported_and_started() -> None:
         assert labels_of(manager, d.name) == []
 
 
+async def test_consul_on_ipv6_loopback() -> None:
+    with ConsulSimulator(host="::1") as sim:
+        assert sim.address.startswith("[::1]:")
+        async with discovering(address=sim.address) as (d, manager):
+            [target] = labels_of(manager, d.name)
+    assert target["__address__"] == "[::1]:8300"
+
+
 async def test_unreadable_tls_files_are_reported() -> None:
     async with discovering(address="127.0.0.1:1", scheme="https",
                            ssl_ca="/nonexistent/ca.pem") as (d, manager):
