@@ -26,15 +26,15 @@ from trawl._scrape import ScrapePool
 
 from tests.data.parse import (
     EXPECTED,
-    TEXT_CT,
     load_cases,
     normalized_error,
+    parser_kind,
     read_both,
     sorted_series,
 )
 
 EXPECTED_CASES = json.loads(EXPECTED.read_text())
-TEXT_CASES = [c for c in load_cases() if c.content_type == TEXT_CT]
+TEXT_CASES = [c for c in load_cases() if parser_kind(c.content_type) == "prometheus-text"]
 PAYLOAD = b"""\
 # HELP http_requests_total The total number of HTTP requests.
 # TYPE http_requests_total counter

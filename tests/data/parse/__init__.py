@@ -112,3 +112,11 @@ def normalized_error(message: str) -> str:
 def sorted_series(series: Iterable[list[Any]]) -> list[list[Any]]:
     """``[name, labels, value]`` items in a stable order."""
     return sorted(series, key=lambda s: (s[0], sorted(s[1].items()), s[2]))
+
+
+def parser_kind(content_type: str) -> str:
+    """The kind of parser a scrape uses for this ``Content-Type`` (text when none claims it)."""
+    from trawl._plugins import collect, get_plugin_manager
+
+    cls = collect(get_plugin_manager(load_entrypoints=False)).parser_for(content_type)
+    return cls.kind if cls is not None else "prometheus-text"
