@@ -164,6 +164,8 @@ def test_member_json_is_decoded_as_go_decodes_it():
         "/p")
     assert (labels["__address__"], labels[PREFIX + "status"]) == ("a:2", "")
     assert parse_serverset_member(b"null", "/p")["__address__"] == ":0"
+    labels = parse_serverset_member(b'{"\xc5\xbftatus": "\\ud800", "shard": -0}', "/p")
+    assert (labels[PREFIX + "status"], labels[PREFIX + "shard"]) == ("\ufffd", "0")
     assert sanitize_label_name("a.b-c/ü") == "a_b_c__"
 
 
@@ -439,6 +441,11 @@ def test_same_answers_as_prometheus(zk, zookeeper, root, tmp_path):
     zk.create(f"{root}/v6/nested", member("127.0.0.2", 9301))
     zk.create(f"{root}/caps", b'{"ServiceEndpoint": {"Host": "127.0.0.3", "PORT": 7}, '
                               b'"Status": "ALIVE", "SHARD": -3, "extra": {"a": 1}}')
+    # Go's case folding knows the long s (U+017F); Go makes a lone surrogate U+FFFD.
+    zk.create(f"{root}/folding", b'{"serviceEndpoint": {"host": "127.0.0.5", "port": 5}, '
+                                 b'"\xc5\xbftatus": "LONG", "shard": -0}')
+    zk.create(f"{root}/surrogate", b'{"serviceEndpoint": {"host": "127.0.0.6", "port": 6}, '
+                                   b'"status": "a\\ud800b\\ud83d\\ude00"}')
     zk.create(f"{root}/zeros", b"{}")
     zk.create(f"{root}/null", b"null")
     for name, data in [("dir", b""), ("garbage", b"not json"), ("strport", b'{"shard": "1"}'),
@@ -453,7 +460,7 @@ def test_same_answers_as_prometheus(zk, zookeeper, root, tmp_path):
   paths = ["{root}", "{other}"]
   timeout = "10s"
 """)
-    assert len(ours) == 10
+    assert len(ours) == 12
     assert {o["source"] for o in ours} == {o["labels"][PREFIX + "path"] for o in ours}
 
     job = {"job_name": "serverset", "serverset_sd_configs": [

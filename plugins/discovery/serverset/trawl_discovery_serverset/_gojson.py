@@ -11,17 +11,20 @@ so the same bytes must give the same labels here. What that means:
   ``"80"`` are errors;
 - a value of the wrong type anywhere makes the whole member an error;
 - a repeated key decodes again into the same field: objects merge, the last scalar wins;
-- ``NaN`` and ``Infinity`` are not JSON; bytes that are not UTF-8 become U+FFFD.
+- ``NaN`` and ``Infinity`` are not JSON; bytes that are not UTF-8, and escaped lone
+  surrogates, become U+FFFD.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class GoJSONError(ValueError):
@@ -121,7 +124,8 @@ def decode(value: Any, schema: Any, current: Any, where: str) -> Any:
         return current
     if schema is str:
         if isinstance(value, str):
-            return value
+            # Go turns an escaped lone surrogate ("\\ud800") into U+FFFD.
+            return _LONE_SURROGATE.sub("\ufffd", value)
         raise GoJSONError(f"{where or 'value'}: expected a string, got {_kind(value)}")
     if schema is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -161,10 +161,7 @@ class TreeWatcher:
         told once the first connection and read have finished or failed.
         """
         self._token = trio.lowlevel.current_trio_token()
-        retry = KazooRetry(max_tries=-1, delay=RECONNECT_DELAY, max_delay=RECONNECT_MAX_DELAY)
-        client = KazooClient(hosts=",".join(self.servers), timeout=self.timeout,
-                             connection_retry=retry, logger=_kazoo_log)
-        client.add_listener(self._on_state)
+        client = await trio.to_thread.run_sync(self._make_client)
         try:
             await trio.to_thread.run_sync(client.start_async)
             with trio.move_on_after(self.timeout):
@@ -186,6 +183,13 @@ class TreeWatcher:
             self._token = None
             with trio.CancelScope(deadline=trio.current_time() + self.timeout + 5, shield=True):
                 await trio.to_thread.run_sync(_close, client, abandon_on_cancel=True)
+
+    def _make_client(self) -> KazooClient:
+        retry = KazooRetry(max_tries=-1, delay=RECONNECT_DELAY, max_delay=RECONNECT_MAX_DELAY)
+        client = KazooClient(hosts=",".join(self.servers), timeout=self.timeout,
+                             connection_retry=retry, logger=_kazoo_log)
+        client.add_listener(self._on_state)
+        return client
 
     async def _round(self, client: KazooClient, on_update: Callable[[Changes], Awaitable[None]]
                      ) -> None:
