@@ -1,8 +1,9 @@
 """The nerve discoverer against a real ZooKeeper 3.8 on a free loopback port.
 
 The ZooKeeper watching is the serverset distribution's `TreeWatcher`, whose failure cases
-(restart, unreachable servers, missing paths) are tested there; here: nerve's data, its
-labels, members that join, leave and die, and the same answers as Prometheus.
+(unreachable or garbage servers, unreadable nodes, missing paths) are tested there; here:
+nerve's data and labels, members that join, leave and die, a ZooKeeper restart, and the same
+answers as Prometheus.
 """
 
 from __future__ import annotations
@@ -159,6 +160,38 @@ async def test_members_that_join_leave_and_die_show_within_a_second(zk, zookeepe
         finally:
             owner.kill()
         assert not d.health.failing
+
+
+async def test_zookeeper_restart_is_survived(tmp_path):
+    root = "/nerve/services/restart/services"
+    with ZooKeeper(tmp_path / "zk") as server:
+        client = await call(server.client)
+        try:
+            first = await call(client.create, f"{root}/web_", member(port=1), sequence=True,
+                               makepath=True)
+        finally:
+            await call(client.stop)
+            await call(client.close)
+        discoverer = NerveDiscoverer(NerveConfig(id="zk", servers=[server.hosts], paths=[root],
+                                                 timeout=4.0))
+        manager = trawl.DiscoveryManager([discoverer])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            assert set(targets(manager)) == {first}
+            await call(server.restart)
+            await eventually(lambda: not discoverer.health.failing and
+                             discoverer.health.failures > 0, "the discoverer reconnects", 15)
+            assert set(targets(manager)) == {first}
+            client = await call(server.client)
+            try:
+                second = await call(client.create, f"{root}/web_", member(port=2),
+                                    ephemeral=True, sequence=True)
+                await eventually(lambda: set(targets(manager)) == {first, second},
+                                 "a member that joins after the restart appears")
+            finally:
+                await call(client.stop)
+                await call(client.close)
+            nursery.cancel_scope.cancel()
 
 
 def discover_once(tmp_path: Path, toml: str) -> list[dict[str, Any]]:
