@@ -186,7 +186,7 @@ def test_canonical_text_reads_back_exactly(samples: list) -> None:
     lines = []
     for name, labels, value, ts in samples:
         inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{inner}}} {repr(value)}" + (f" {ts}" if ts is not None else ""))
+        lines.append(f"{name}{{{inner}}} {value!r}" + (f" {ts}" if ts is not None else ""))
     body = ("\n".join(lines) + "\n").encode()
     parser = PrometheusTextParser()
     got, error = read_both(parser, body)
