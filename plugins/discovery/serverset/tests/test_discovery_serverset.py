@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -423,7 +424,8 @@ async def test_unreachable_or_garbage_authority_keeps_targets_and_recovers(tmp_p
 def discover_once(tmp_path: Path, toml: str) -> list[dict[str, Any]]:
     path = tmp_path / "trawl.toml"
     path.write_text(toml)
-    proc = subprocess.run([".venv/bin/trawl", "discover", "-c", str(path), "--once"],
+    trawl_script = Path(sys.executable).with_name("trawl")  # .venv/bin/trawl
+    proc = subprocess.run([str(trawl_script), "discover", "-c", str(path), "--once"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
