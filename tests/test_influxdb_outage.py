@@ -105,10 +105,13 @@ def outage(tmp_path_factory, targets):
     """Run the shared outage once; the tests below check what each trawl delivered."""
     root = tmp_path_factory.mktemp("outage")
     influx = InfluxDB(root / "influxdb").start()
-    a = start_trawl(root / "a", targets, influx, "outage_a")
-    b = start_trawl(root / "b", targets, influx, "outage_b")
     facts: dict[str, object] = {"influx": influx, "root": root}
+    started: list[TrawlProcess] = []
     try:
+        a = start_trawl(root / "a", targets, influx, "outage_a")
+        started.append(a)
+        b = start_trawl(root / "b", targets, influx, "outage_b")
+        started.append(b)
         for proc in (a, b):
             wait_until(lambda p=proc: metric(p, "points_written_total") > 0, 30,
                        "trawl to write before the outage")
@@ -121,6 +124,7 @@ def outage(tmp_path_factory, targets):
         b.kill()
         killed = time.time()
         b2 = start_trawl(root / "b", targets, influx, "outage_b")
+        started.append(b2)
         facts["b_restart_spool"] = metric(b2, "spool_bytes")
         time.sleep(max(0.0, down + OUTAGE_SECONDS - time.time()))
         facts["a_spool_peak"] = metric(a, "spool_bytes")
@@ -137,7 +141,7 @@ def outage(tmp_path_factory, targets):
         facts.update(down=down, killed=killed, up=up)
         yield facts
     finally:
-        for proc in (a, b):
+        for proc in started:
             proc.stop()
         influx.stop()
 
@@ -221,10 +225,13 @@ def test_c_a_rejected_line_loses_only_itself(targets, tmp_path):
 def test_shutdown_while_influxdb_is_down_spools_and_the_next_run_delivers(targets, tmp_path):
     influx = InfluxDB(tmp_path / "influxdb")          # not started yet: the port is dead
     proc = start_trawl(tmp_path / "trawl", targets, influx, "later")
-    wait_until(lambda: metric(proc, "spool_bytes") > 0, 30, "trawl to spool")
-    time.sleep(2)
-    started = time.monotonic()
-    assert proc.stop(sig=signal.SIGTERM) == 0
+    try:
+        wait_until(lambda: metric(proc, "spool_bytes") > 0, 30, "trawl to spool")
+        time.sleep(2)
+    finally:
+        started = time.monotonic()
+        code = proc.stop(sig=signal.SIGTERM)
+    assert code == 0, proc.log_tail()
     assert time.monotonic() - started < 12            # Host allows sinks 10 s
     assert list((tmp_path / "trawl" / "spool").glob("*.seg"))
     with influx:

@@ -327,6 +327,7 @@ class TrawlProcess:
             try:
                 wait_http(f"http://127.0.0.1:{self.http_port}/-/ready", timeout=30)
             except TimeoutError:
+                self.stop(timeout=5)
                 raise TimeoutError(f"trawl did not start:\n{self.log_tail()}") from None
         return self
 

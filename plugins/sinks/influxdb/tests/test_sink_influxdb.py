@@ -71,6 +71,7 @@ def test_kapacitor_keys_are_accepted_and_defaults_hold():
     ({"name": "a b"}, "only letters"),
     ({"api": "v3"}, "'v1' or 'v2'"),
     ({"ssl-cert": "/c.pem"}, "together"),
+    ({"ssl-ca": "/nonexistent/ca.pem"}, "ssl-ca '/nonexistent/ca.pem': no such file"),
     ({"token": "t", "username": "u"}, "not both"),
     ({"spool-max-size": "lots"}, "not a size"),
     ({"batch-size": 0}, "greater than or equal to 1"),

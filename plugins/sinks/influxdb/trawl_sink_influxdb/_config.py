@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -112,6 +113,10 @@ class InfluxDBConfig(trawl.SinkConfig):
     def _rules(self) -> InfluxDBConfig:
         if bool(self.ssl_cert) != bool(self.ssl_key):
             raise ValueError("ssl-cert and ssl-key must be given together")
+        for key, path in (("ssl-ca", self.ssl_ca), ("ssl-cert", self.ssl_cert),
+                          ("ssl-key", self.ssl_key)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{key} {path!r}: no such file")
         if self.token.get_secret_value() and self.username:
             raise ValueError("give either token or username/password, not both")
         if self.flush_interval <= 0:
