@@ -31,6 +31,7 @@ COMMON = {
     "README.md",
     "pyproject.toml",
 }
+WALKTHROUGH = ROOT / "docs" / "plugins" / "walkthrough.md"
 MODULE = {"discovery": "_discoverer.py", "sink": "_sink.py", "processor": "_processor.py"}
 
 
@@ -41,6 +42,23 @@ def generate(tmp_path: Path, **context: str) -> Path:
 
 def paths(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def build_walkthrough_plugin(src: Path) -> Path:
+    """The walk-through's plugin: the template, then each file the page gives in full."""
+    out = generate(src, plugin_name="registry", kind="discovery")
+    page = WALKTHROUGH.read_text()
+    files = re.findall(r"^```python\n# ([\w/.]+)\n(.*?)^```", page, flags=re.M | re.S)
+    assert sorted(path for path, _ in files) == [
+        "tests/test_discovery_registry.py", "trawl_discovery_registry/_discoverer.py"]
+    for path, body in files:
+        (out / path).write_text(f"# {path}\n{body}")
+    (dependencies,) = re.findall(r"^dependencies = .*$", page, flags=re.M)
+    pyproject = out / "pyproject.toml"
+    text = pyproject.read_text()
+    assert 'dependencies = ["trawl>=0.1"]' in text
+    pyproject.write_text(text.replace('dependencies = ["trawl>=0.1"]', dependencies))
+    return out
 
 
 @pytest.mark.parametrize("kind", ["discovery", "sink", "processor"])
@@ -64,7 +82,7 @@ def test_derived_names_and_pyproject(tmp_path):
     assert project["project"]["name"] == "trawl-sink-acme-cmdb"
     assert project["project"]["description"] == "Acme's CMDB"
     assert project["project"]["authors"] == [{"name": "Ada Lovelace"}]
-    assert project["project"]["dependencies"] == ["trawl"]
+    assert project["project"]["dependencies"] == ["trawl>=0.1"]
     assert "pytest-trio>=0.8" in project["project"]["optional-dependencies"]["test"]
     assert project["project"]["entry-points"]["trawl"] == {
         "sink_acme_cmdb": "trawl_sink_acme_cmdb"}
@@ -105,6 +123,13 @@ def test_generated_code_is_ruff_clean(tmp_path):
         generate(tmp_path, plugin_name="acme", kind=kind)
         generate(tmp_path, plugin_name="acme-cmdb-inventory", kind=kind)
     result = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_walkthrough_code_is_ruff_clean(tmp_path):
+    out = build_walkthrough_plugin(tmp_path)
+    result = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=out,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

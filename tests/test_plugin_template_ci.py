@@ -1,10 +1,11 @@
 """The plugin template, end to end, as a plugin author meets it.
 
-One plugin of each kind is generated, then installed in a fresh virtual environment next
-to the local core (and the file sink): the generated tests pass under their own pytest
-configuration, ``trawl plugins --json`` lists the three, and ``trawl run`` scrapes a real
-local target found by the generated discoverer, through the generated processor, into the
-file sink and the generated sink.
+One plugin of each kind is generated, and the registry discoverer of
+``docs/plugins/walkthrough.md`` is built from the template and the page's code. All four
+are installed in one fresh virtual environment next to the local core (and the file
+sink): their tests pass under their own pytest configuration, ``trawl plugins --json``
+lists them, and ``trawl run`` scrapes a real local target found by the generated
+discoverer, through the generated processor, into the file sink and the generated sink.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cookiecutter.main import cookiecutter
 from trawl.testing import ExpositionServer
 
 from tests.servers import wait_until
+from tests.test_cookiecutter import build_walkthrough_plugin
 
 ROOT = Path(__file__).parents[1]
 KINDS = ("discovery", "sink", "processor")
@@ -42,6 +44,7 @@ def test_generated_plugins_install_pass_their_tests_and_run(tmp_path):
     plugins = {kind: Path(cookiecutter(
         str(ROOT / "cookiecutter"), no_input=True, output_dir=str(src),
         extra_context={"plugin_name": "acme", "kind": kind})) for kind in KINDS}
+    registry = build_walkthrough_plugin(src)
 
     # A clean environment: nothing from the test run's own virtualenv leaks in.
     env = {k: v for k, v in os.environ.items()
@@ -52,18 +55,21 @@ def test_generated_plugins_install_pass_their_tests_and_run(tmp_path):
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
          "-e", str(ROOT), "-e", str(ROOT / "plugins" / "sinks" / "file"),
-         *(f"{plugins[kind]}[test]" for kind in KINDS)], timeout=400, env=env)
+         *(f"{plugins[kind]}[test]" for kind in KINDS), f"{registry}[test]"],
+        timeout=400, env=env)
 
-    # The generated tests pass, each under its own pyproject's pytest configuration.
-    for kind in KINDS:
+    # The tests pass, each plugin's under its own pyproject's pytest configuration.
+    for plugin in [*plugins.values(), registry]:
         result = run([str(bin_dir / "python"), "-m", "pytest", "-p", "no:cacheprovider"],
-                     cwd=plugins[kind], timeout=180, env=env)
-        assert f"rootdir: {plugins[kind]}" in result.stdout
+                     cwd=plugin, timeout=180, env=env)
+        assert f"rootdir: {plugin}" in result.stdout
         assert "configfile: pyproject.toml" in result.stdout
-        tests = re.findall(r"^(?:async )?def test_", (plugins[kind] / "tests" /
-                           f"test_{kind}_acme.py").read_text(), flags=re.M)
-        summary = result.stdout.strip().splitlines()[-1]
-        assert re.fullmatch(rf"=+ {len(tests)} passed in [\d.]+s =+", summary), result.stdout
+        (test_file,) = (plugin / "tests").glob("test_*.py")
+        tests = re.findall(r"^(?:async )?def test_", test_file.read_text(), flags=re.M)
+        summary = re.fullmatch(r"=+ (\d+) passed in [\d.]+s =+",
+                               result.stdout.strip().splitlines()[-1])
+        assert summary, result.stdout  # nothing failed, skipped or warned
+        assert int(summary[1]) >= len(tests) > 0
 
     # trawl finds them through their entry points.
     listed = json.loads(run([str(bin_dir / "trawl"), "plugins", "--json"],
@@ -74,6 +80,7 @@ def test_generated_plugins_install_pass_their_tests_and_run(tmp_path):
         assert found[f"{kind}_acme"]["version"] == "0.1.0"
         assert found[f"{kind}_acme"]["kinds"] == [f"acme-{kind}"]
     assert found["sink_file"]["kinds"] == ["file-sink"]
+    assert found["discovery_registry"]["kinds"] == ["registry-discovery"]
 
     # trawl run: the generated discoverer finds a real target, the generated processor tags
     # its points, and they reach both the file sink and the generated sink.
