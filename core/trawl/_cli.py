@@ -5,33 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from importlib import resources
 from typing import Any
 
 import trio
 
-from . import __version__
+from . import __version__, _logging
 from ._config import Config, load_config, parse_config
 from ._discovery import DiscoveredTarget, DiscoveryManager
 from ._errors import ConfigError, PluginError, TrawlError
 from ._host import Host
 from ._parsing import ParseError, format_value
 from ._plugins import Registry, collect, get_plugin_manager, list_plugins
+from ._status import run_status
 
 DEFAULT_CONFIG = "<embedded default>"
+DEFAULT_URL = "http://127.0.0.1:9273"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _argparser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logs = _logging.setup(args.log_level, args.log_format)
+    if args.command == "targets":
+        return _targets(args)
     try:
         pm = get_plugin_manager()
         registry = collect(pm)
@@ -42,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parse":
             return _parse(args.path, args.content_type, registry)
         config = _load(args.config, registry)
+        logs.masker.add(_logging.config_secrets(config))
         for notice in config.notices:
             logging.getLogger("trawl.config").info("%s", notice)
         if args.command == "discover":
             trio.run(_discover, config, args.once)
             return 0
         if args.command == "run":
-            trio.run(_run, config, registry)
+            trio.run(_run, config, registry, partial(_load, args.config, registry), logs)
             return 0
     except ConfigError as exc:
         for problem in exc.problems:
@@ -68,6 +72,9 @@ def _argparser() -> argparse.ArgumentParser:
                                 "write the samples to InfluxDB (or elsewhere).")
     p.add_argument("--version", action="version", version=f"trawl {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=list(_logging.FORMATS),
+                   help="text: one line per event, for people (default); "
+                   "json: one JSON object per line")
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("plugins", help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -79,6 +86,20 @@ def _argparser() -> argparse.ArgumentParser:
     sr = sub.add_parser("run", help="discover, scrape and write")
     sr.add_argument("-c", "--config", default=None,
                     help="configuration file (default: the embedded default)")
+    st = sub.add_parser("targets", help="print a running trawl's targets as a table")
+    st.add_argument("--url", default=os.environ.get("TRAWL_URL", DEFAULT_URL),
+                    help="the instance's HTTP address (default: $TRAWL_URL or %(default)s)")
+    st.add_argument("--scrape-pool", action="append", default=[], metavar="NAME",
+                    help="only this scraper's targets (repeatable)")
+    st.add_argument("--username", default=os.environ.get("TRAWL_USERNAME", ""),
+                    help="basic auth user name (default: $TRAWL_USERNAME)")
+    st.add_argument("--password-file", default="",
+                    help="file holding the basic auth password (default: $TRAWL_PASSWORD)")
+    st.add_argument("--bearer-token-file", default="",
+                    help="file holding a bearer token (default: $TRAWL_BEARER_TOKEN)")
+    st.add_argument("--ca-file", default="", help="CA certificates to verify an HTTPS instance")
+    st.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for the answer (default: %(default)s)")
     spa = sub.add_parser("parse", help="parse an exposition file and print its samples as "
                          "JSON arrays [name, {labels}, value, timestamp_ms]")
     spa.add_argument("path", help="file to parse, or - for standard input")
@@ -193,9 +214,110 @@ async def _discover(config: Config, once: bool) -> None:
                 known[name] = set(now)
 
 
-async def _run(config: Config, registry: Registry) -> None:
-    host = Host(config, registry)
+async def _run(config: Config, registry: Registry,
+               source: Callable[[], Config] | None = None,
+               logs: _logging.Logging | None = None) -> None:
+    """Run a host; a terminal on standard error gets the live status line.
+
+    Args:
+      source: Reads the configuration again, for reloads.
+      logs: The logging `main` set up; the secrets of each configuration that
+        ``source`` reads are masked from then on.
+    """
+    if source is not None and logs is not None:
+        read = source
+
+        def source_masked() -> Config:
+            new = read()
+            logs.masker.add(_logging.config_secrets(new))
+            return new
+
+        source = source_masked
+    host = Host(config, registry, source)
     log = logging.getLogger("trawl")
     log.info("%s", config.summary())
-    await host.run()
+    async with trio.open_nursery() as nursery:
+        if logs is not None and _logging.isatty(logs.handler.stream):
+            nursery.start_soon(run_status, host, logs.handler)
+        await host.run()
+        nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _targets(args: argparse.Namespace) -> int:
+    """``trawl targets``: a running instance's ``/api/v1/targets`` as a table."""
+    import httpx
+
+    url = args.url.rstrip("/")
+    headers = {"Accept": "application/json"}
+    auth = None
+    try:
+        token = _secret_arg(args.bearer_token_file, "TRAWL_BEARER_TOKEN")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        elif args.username:
+            auth = (args.username, _secret_arg(args.password_file, "TRAWL_PASSWORD"))
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    params = [("state", "active"), *(("scrapePool", p) for p in args.scrape_pool)]
+    verify: Any = args.ca_file or True
+    try:
+        with httpx.Client(timeout=args.timeout, verify=verify, trust_env=False) as client:
+            resp = client.get(f"{url}/api/v1/targets", params=params, headers=headers,
+                              auth=auth)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach trawl at {url}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    if resp.status_code == 401:
+        print(f"error: {url} asks for credentials: use --username and --password-file, "
+              "or --bearer-token-file", file=sys.stderr)
+        return 1
+    try:
+        body = resp.json()
+        targets = body["data"]["activeTargets"]
+    except (ValueError, KeyError, TypeError):
+        print(f"error: {url}/api/v1/targets answered HTTP {resp.status_code} without "
+              "a targets list: is this a trawl (or Prometheus) instance?", file=sys.stderr)
+        return 1
+    now = time.time()
+    rows: list[tuple[str, ...]] = [
+        ("SCRAPE POOL", "HEALTH", "SCRAPE URL", "LAST SCRAPE", "LAST ERROR")]
+    for t in sorted(targets, key=lambda t: (t.get("scrapePool", ""), t.get("scrapeUrl", ""))):
+        rows.append((t.get("scrapePool", ""), t.get("health", ""), t.get("scrapeUrl", ""),
+                     _ago(t.get("lastScrape", ""), t.get("lastScrapeDuration"), now),
+                     " ".join(str(t.get("lastError") or "").split())))
+    print(_table(rows))
+    return 0
+
+
+def _secret_arg(path: str, env: str) -> str:
+    if path:
+        with open(path) as f:
+            return f.read().strip()
+    return os.environ.get(env, "")
+
+
+def _ago(stamp: str, duration: float | None, now: float) -> str:
+    """``"3s ago (12ms)"`` from an RFC 3339 time; ``"never"`` for Go's zero time."""
+    if not stamp or stamp.startswith("0001-"):
+        return "never"
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    try:
+        when = datetime.fromisoformat(head + "+00:00").timestamp() + float(f"0.{frac or 0}")
+    except ValueError:
+        return stamp
+    seconds = max(now - when, 0.0)
+    text = f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+    if isinstance(duration, int | float):
+        text += f" ({duration * 1000:.0f}ms)" if duration < 1 else f" ({duration:.1f}s)"
+    return text
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell; the last column is not padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
+        for r in rows)
