@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from trawl import Batch, Duration, Series, Sink, SinkConfig, SinkError, SinkRunner
-from trawl._sinks import CLOSE_DELIVER_SECONDS, CLOSE_SPOOL_SECONDS
+from trawl._sinks import CLOSE_DELIVER_SECONDS, CLOSE_RELEASE_SECONDS, CLOSE_SPOOL_SECONDS
 from trio.testing import MockClock
 
 
@@ -186,7 +186,7 @@ async def test_a_full_queue_spills_to_disk_and_submit_never_blocks(clock, tmp_pa
         assert runner.spooling
         assert runner.stats.spool_points >= 900
         assert runner.stats.queue_points <= 50
-        with trio.fail_after(CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS + 0.5):
+        with trio.fail_after(CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS + CLOSE_RELEASE_SECONDS):
             await runner.close()
     assert runner.stats.points_dropped == 0
     assert runner.stats.spool_points == 1000   # the hanging batch too, at shutdown
@@ -215,7 +215,7 @@ async def test_shutdown_spools_and_the_next_run_delivers(clock, tmp_path):
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         sent = await produce(first, 5)
-        with trio.fail_after(CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS):
+        with trio.fail_after(CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS + CLOSE_RELEASE_SECONDS):
             await first.close()
     assert first.stats.spool_points == len(sent)
     assert down.lines == []
@@ -241,7 +241,8 @@ async def test_shutdown_with_a_hanging_sink_is_bounded(clock, tmp_path):
         sent = await produce(runner, 3, every=0.5)
         start = trio.current_time()
         await runner.close()
-        assert trio.current_time() - start <= CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS
+        assert trio.current_time() - start <= (CLOSE_DELIVER_SECONDS + CLOSE_SPOOL_SECONDS
+                                              + CLOSE_RELEASE_SECONDS)
     assert runner.stats.spool_points == len(sent)
     assert runner.stats.queue_points == 0
 
@@ -261,3 +262,20 @@ async def test_an_unopenable_sink_does_not_hold_up_the_start(clock, tmp_path):
         await trio.sleep(5)
         await runner.close()
     assert sink.lines == sent
+
+
+async def test_a_successor_takes_over_the_spool_at_once(clock, tmp_path):
+    """A reloaded configuration replaces a runner: the old one closes (spooling what it
+    holds) and the new one, with the same spool, starts while the old task still ends."""
+    old = SinkRunner(ServerSink(config(tmp_path), up_at=math.inf))
+    up = ServerSink(config(tmp_path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(old.run)
+        sent = await produce(old, 3)
+        await old.close()
+        new = SinkRunner(up)
+        await nursery.start(new.run)
+        assert new.spooling
+        await trio.sleep(3)
+        await new.close()
+    assert up.lines == sent

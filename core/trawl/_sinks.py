@@ -18,7 +18,7 @@ Delivery, in short (the user-facing description is in ``docs/influxdb.md``):
 - Only ``spool-max-size`` drops data (the oldest first), or, with the spool disabled or
   unwritable, the in-memory queue limit.
 - `SinkRunner.close` delivers what is queued, or spools it when the sink is down or slow,
-  within `CLOSE_DELIVER_SECONDS` + `CLOSE_SPOOL_SECONDS`.
+  within `CLOSE_DELIVER_SECONDS` + `CLOSE_SPOOL_SECONDS` + `CLOSE_RELEASE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ DEFAULT_SPOOL_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_SPOOL_ROOT = "trawl-spool"
 CLOSE_DELIVER_SECONDS = 5.0
 """On shutdown, how long queued batches may take to reach a working sink."""
-CLOSE_SPOOL_SECONDS = 2.5
+CLOSE_SPOOL_SECONDS = 2.0
 """Then, how long writing what is left to the spool may take."""
+CLOSE_RELEASE_SECONDS = 1.0
+"""Then, how long closing the spool may wait for a spool operation under way."""
 MEMORY_SAFETY_FACTOR = 10
 """While spooling, memory is still capped at this many times ``queue-size`` (a disk that
 cannot keep up): past it the oldest queued batches are dropped, counted and logged."""
@@ -483,9 +485,10 @@ class SinkRunner:
             await self._changed.wait()
 
     async def close(self) -> None:
-        """Deliver what is queued, or spool it; returns within about 7.5 s.
+        """Deliver what is queued, or spool it; returns within 8 s.
 
-        Batches already in the spool stay there for the next run.
+        Batches already in the spool stay there for the next run (or the next runner of
+        a sink of the same name, after a configuration reload).
         """
         self._closing = True
         self._notify()
@@ -506,4 +509,10 @@ class SinkRunner:
                 log.info("sink %s: %d points wait in the spool %s for the next run",
                          self.name, self.spool.points, self.spool.directory)
         finally:
+            # Release the spool (and its lock) now, not when the run task ends, so that a
+            # successor with the same spool (a reloaded configuration) can open it at once.
+            # The lock is never released: nothing touches this spool again.
+            with trio.move_on_after(CLOSE_RELEASE_SECONDS):
+                await self._lock.acquire()
+                await trio.to_thread.run_sync(self.spool.close)
             self._closed.set()
