@@ -691,6 +691,7 @@ def _monotonic() -> float:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # hundreds of watchers connect at once
 
     def __init__(self, sim: ConsulSimulator, host: str) -> None:
         self.sim = sim

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -553,6 +554,11 @@ def rss_kib(pid: int) -> dict[str, int]:
             if line.startswith(("VmRSS", "VmHWM"))}
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class LineReader:
     """Collects a process's stdout lines in a thread, each with its arrival time."""
 
@@ -628,6 +634,7 @@ def test_scale_500_services_of_10_instances_then_10_percent_change(tmp_path: Pat
             discovered_in = reader.lines[total - 1][0] - began
             time.sleep(0.5)  # let the watchers settle into their blocking queries
             memory_steady = rss_kib(proc.pid)
+            cpu_steady = cpu_seconds(proc.pid)
             requests_steady = len(sim.requests)
             assert len(reader.lines) == total
 
@@ -645,6 +652,7 @@ def test_scale_500_services_of_10_instances_then_10_percent_change(tmp_path: Pat
             reader.wait(converged, 25, "convergence after the change")
             converged_in = reader.lines[-1][0] - changed_at
             memory_after = rss_kib(proc.pid)
+            cpu_change = cpu_seconds(proc.pid) - cpu_steady
             added = {r["labels"]["__address__"] for _, r in reader.lines[total:]
                      if r.get("event") == "added"}
             assert added == {f"127.1.{(s * 10) % nodes // 200}.{(s * 10) % nodes % 200 + 1}"
@@ -662,8 +670,10 @@ def test_scale_500_services_of_10_instances_then_10_percent_change(tmp_path: Pat
             proc.stderr.close()
     report = (f"consul scale: {total} targets ({services} services x {per_service}) "
               f"discovered in {discovered_in:.2f}s; {services} changed instances (10%) "
-              f"converged in {converged_in:.2f}s; trawl RSS {memory_steady['VmRSS'] / 1024:.1f}"
-              f" MiB steady, {memory_after['VmRSS'] / 1024:.1f} MiB after the change, peak "
+              f"converged in {converged_in:.2f}s; trawl CPU {cpu_steady:.2f}s to discover "
+              f"(start-up included), {cpu_change:.2f}s for the change; trawl RSS "
+              f"{memory_steady['VmRSS'] / 1024:.1f} MiB steady, "
+              f"{memory_after['VmRSS'] / 1024:.1f} MiB after the change, peak "
               f"{memory_after['VmHWM'] / 1024:.1f} MiB (a trawl discovering one target: "
               f"{baseline / 1024:.1f} MiB); {requests_steady} API requests to settle")
     print(report)
