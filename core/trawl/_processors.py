@@ -382,6 +382,7 @@ class AggregateProcessor(Processor):
             if window > self._window:
                 self._close(out)
                 self._window = window
+                accs = self._open
             elif window < self._window:
                 self.late += 1  # its window is already written
                 continue
