@@ -92,10 +92,11 @@ class Host:
         SIGHUP reloads the configuration. On the way out, scraping stops first, then every
         sink delivers (or spools) what it holds, bounded by `SHUTDOWN_FLUSH_SECONDS`.
         """
-        async with trio.open_nursery() as sinks_nursery:
-            self._sinks_nursery = sinks_nursery
-            for runner in self.sinks.values():
-                await sinks_nursery.start(runner.run)
+        # The sinks run shielded: whoever cancels the host, they deliver or spool what
+        # they hold before they stop.
+        sinks_scope = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as outer:
+            await outer.start(self._run_sinks, sinks_scope)
             try:
                 async with trio.open_nursery() as nursery:
                     if handle_signals:
@@ -110,14 +111,24 @@ class Host:
                                                     ssl_context=context))
                     await nursery.start(self.discovery.run)
                     await nursery.start(self.scrapes.run)
-                    if self.config.reload.watch and self.source is not None:
+                    if self.source is not None:
                         nursery.start_soon(self._watch_config)
                     self.ready.set()
                     task_status.started()
             finally:
                 with trio.CancelScope(shield=True):
                     await self._flush(list(self.sinks.values()))
-                sinks_nursery.cancel_scope.cancel()
+                sinks_scope.cancel()
+
+    async def _run_sinks(self, scope: trio.CancelScope, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                self._sinks_nursery = nursery
+                for runner in self.sinks.values():
+                    await nursery.start(runner.run)
+                task_status.started()
+                await trio.sleep_forever()
 
     async def _flush(self, runners: list[SinkRunner]) -> None:
         with trio.move_on_after(SHUTDOWN_FLUSH_SECONDS) as scope:
@@ -137,7 +148,8 @@ class Host:
         """
         async with self._reload_lock:
             if self.source is None:
-                return ["this trawl has no configuration file to reload"]
+                log.warning("reload refused: this trawl has no configuration to read again")
+                return ["this trawl has no configuration to read again"]
             try:
                 config = await trio.to_thread.run_sync(self.source)
             except ConfigError as exc:
@@ -216,12 +228,11 @@ class Host:
                 return
 
     async def _watch_config(self) -> None:
-        """Reload when the configuration file changes (``[reload] watch = true``)."""
-        path = self.config.path
+        """Reload when the configuration file changes, while ``[reload] watch = true``."""
 
         def stamp() -> tuple[int, int] | None:
             try:
-                st = os.stat(path)
+                st = os.stat(self.config.path)
             except OSError:
                 return None
             return st.st_mtime_ns, st.st_size
@@ -230,7 +241,9 @@ class Host:
         while True:
             await trio.sleep(self.config.reload.interval)
             now = await trio.to_thread.run_sync(stamp)
-            if now is not None and now != seen:
-                seen = now
-                log.info("%s changed: reloading the configuration", path)
+            if now is None or now == seen:
+                continue
+            seen = now
+            if self.config.reload.watch:
+                log.info("%s changed: reloading the configuration", self.config.path)
                 await self.reload()

@@ -31,12 +31,14 @@ class TargetGroup:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def target_labels(self) -> list[Labels]:
-        """Each target's full discovered label set (group labels, then the target's own)."""
+        """Each target's discovered labels: group labels, then the target's own; empty
+        values are left out."""
         out = []
         for target in self.targets:
             merged = dict(self.labels)
             merged.update(target)
-            out.append(merged)
+            # As Prometheus's label builder: an empty value is no label at all.
+            out.append({k: v for k, v in merged.items() if v})
         return out
 
 
