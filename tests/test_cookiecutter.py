@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trawl
+import yaml
 from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 from trawl.testing import make_registry
@@ -96,8 +97,13 @@ def test_derived_names_and_pyproject(tmp_path):
     init = (out / "trawl_sink_acme_cmdb" / "__init__.py").read_text()
     assert "register(AcmeCmdbSink)" in init
     assert 'kind = "acme-cmdb-sink"' in (out / "trawl_sink_acme_cmdb" / "_sink.py").read_text()
-    workflow = (out / ".github" / "workflows" / "test.yml").read_text()
-    assert "${{ matrix.python-version }}" in workflow  # kept raw, for GitHub Actions
+    workflow_text = (out / ".github" / "workflows" / "test.yml").read_text()
+    assert "${{ matrix.python-version }}" in workflow_text  # kept raw, for GitHub Actions
+    workflow = yaml.safe_load(workflow_text)
+    steps = [step.get("run", step.get("uses")) for step in workflow["jobs"]["test"]["steps"]]
+    assert steps[-3:] == ["ruff check .", "trawl plugins", "python -m pytest"]
+    publish = yaml.safe_load((out / ".github" / "workflows" / "publish.yml").read_text())
+    assert publish["jobs"]["publish"]["steps"][-1]["uses"].startswith("pypa/gh-action-pypi")
 
 
 @pytest.mark.parametrize("name", ["9lives", "acme corp!", "acme--x", ""])
