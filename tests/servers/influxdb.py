@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -60,11 +61,14 @@ class InfluxDB:
     ``stop()`` then ``start()`` again keeps the data and the port (an outage).
     """
 
-    def __init__(self, workdir: Path, *, auth: bool = False) -> None:
+    def __init__(self, workdir: Path, *, auth: bool = False,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (CA, certificate, key) PEM files to serve HTTPS with."""
         self.workdir = workdir
         self.port = restartable_port()
         self.rpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.auth = auth
         self.username = ""
         self.password = ""
@@ -86,6 +90,9 @@ class InfluxDB:
               enabled = true
               bind-address = "127.0.0.1:{self.port}"
               auth-enabled = {"true" if auth else "false"}
+              https-enabled = {"true" if tls else "false"}
+              https-certificate = "{tls[1] if tls else ''}"
+              https-private-key = "{tls[2] if tls else ''}"
               log-enabled = false
               pprof-enabled = false
             [logging]
@@ -101,7 +108,8 @@ class InfluxDB:
             "influxd", [binary, "run", "-config", str(self.config_path)], self.workdir
         ).start()
         try:
-            wait_http(self.url + "/ping", timeout=30)
+            wait_until(lambda: self._request("/ping", {}, method="GET")[0] == 204, 30,
+                       "influxd to answer /ping")
         except TimeoutError:
             raise TimeoutError(f"influxd did not start:\n{self.process.log_tail()}") from None
         return self
@@ -129,8 +137,9 @@ class InfluxDB:
         if self.username:
             token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             req.add_header("Authorization", "Basic " + token)
+        context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=context) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -7,20 +7,23 @@ It implements InfluxDB's ``/api/v2/write``: a point ``m,tag=v value=1`` becomes 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.parse
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from . import ServerProcess, free_port, require_binary, wait_http
+from . import ServerProcess, free_port, require_binary, wait_until
 from .influxdb import Samples
 
 
 class VictoriaMetrics:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (CA, certificate, key) PEM files to serve HTTPS with."""
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.process: ServerProcess | None = None
 
     def start(self) -> VictoriaMetrics:
@@ -29,9 +32,11 @@ class VictoriaMetrics:
             binary, f"-httpListenAddr=127.0.0.1:{self.port}",
             f"-storageDataPath={self.workdir / 'data'}", "-retentionPeriod=100y",
             "-search.latencyOffset=0s", "-search.disableCache", "-loggerLevel=WARN",
+            *([ "-tls", f"-tlsCertFile={self.tls[1]}", f"-tlsKeyFile={self.tls[2]}"]
+              if self.tls else []),
         ], self.workdir).start()
         try:
-            wait_http(self.url + "/health", timeout=30)
+            wait_until(lambda: self._get("/health") == b"OK", 30, "victoria-metrics")
         except TimeoutError:
             raise TimeoutError(
                 f"victoria-metrics did not start:\n{self.process.log_tail()}") from None
@@ -48,15 +53,18 @@ class VictoriaMetrics:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _get(self, path: str) -> bytes:
+        context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
+        with urllib.request.urlopen(self.url + path, timeout=30, context=context) as resp:
+            return bytes(resp.read())
+
     def force_flush(self) -> None:
-        with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
-            pass
+        self._get("/internal/force_flush")
 
     def samples(self, match: str = '{__name__!=""}') -> Samples:
         """Every stored sample, by series: ``(metric name, sorted labels)``."""
         query = urllib.parse.urlencode({"match[]": match})
-        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as resp:
-            text = resp.read().decode()
+        text = self._get(f"/api/v1/export?{query}").decode()
         out: Samples = defaultdict(dict)
         for line in text.splitlines():
             if not line.strip():

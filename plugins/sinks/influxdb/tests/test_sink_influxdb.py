@@ -434,3 +434,52 @@ async def test_v2_partial_write_is_counted(tmp_path):
     assert path.startswith("/api/v2/write?")
     assert "bucket=db%2Frp" in path
     assert "precision=ms" in path
+
+
+# ---------------------------------------------------------------- TLS
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, and a server certificate for 127.0.0.1 it signed (PEM files)."""
+    import trustme
+
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(root / "key.pem"))
+    return root / "ca.pem", root / "cert.pem", root / "key.pem"
+
+
+async def test_v1_over_https(pki, tmp_path):
+    ca = str(pki[0])
+    with InfluxDB(tmp_path / "influxdb", tls=pki) as server:
+        await trio.to_thread.run_sync(server.query, "CREATE DATABASE tls")
+        untrusted = InfluxDBSink(sink_config(tmp_path, urls=[server.url]))
+        with pytest.raises(trawl.SinkError, match=r"(?i)certificate") as info:
+            await untrusted.open()
+        assert info.value.retryable
+        await untrusted.close()
+        for i, extra in enumerate(({"ssl-ca": ca}, {"insecure-skip-verify": True})):
+            sink = InfluxDBSink(sink_config(tmp_path, urls=[server.url], **extra))
+            await sink.open()
+            await sink.write(batch("tls", n=2, name=f"m{i}"))
+            await sink.close()
+        got = await trio.to_thread.run_sync(server.samples, "tls")
+    assert sorted(k[0] for k in got for _ in got[k]) == ["m0", "m0", "m1", "m1"]
+
+
+async def test_v2_over_https(pki, tmp_path):
+    with VictoriaMetrics(tmp_path / "vm", tls=pki) as server:
+        sink = InfluxDBSink(sink_config(tmp_path, urls=[server.url], api="v2",
+                                        **{"ssl-ca": str(pki[0])}))
+        await sink.open()
+        await sink.write(batch("tls", n=3, name="tlsv2"))
+        await sink.close()
+        await trio.to_thread.run_sync(server.force_flush)
+        got: Samples = {}
+        with trio.fail_after(20):
+            while sum(map(len, got.values())) < 3:
+                got = await trio.to_thread.run_sync(server.samples, '{__name__="tlsv2_value"}')
+                await trio.sleep(0.2)
+    assert sum(map(len, got.values())) == 3

@@ -280,6 +280,19 @@ class InfluxDBSink(trawl.Sink):
             await trio.to_thread.run_sync(client.close)
 
 
+def _innermost(exc: BaseException) -> str:
+    """The most precise message in an exception's chain (httpx hides TLS errors there)."""
+    text = str(exc)
+    seen = 0
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and seen < 10:
+        if str(cause):
+            text = str(cause)
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return text or type(exc).__name__
+
+
 class _ConnectionFailed(Exception):
     """Raised in the worker thread when influxdb-client could not get an answer."""
 
@@ -288,7 +301,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (httpx.TimeoutException, trio.TooSlowError)):
         return "timed out"
     if isinstance(exc, httpx.ConnectError):
-        return f"connection failed: {exc}"
+        return f"connection failed: {_innermost(exc)}"
     name = type(exc).__name__
     text = str(exc)
     reason = getattr(exc, "reason", None)    # urllib3's MaxRetryError wraps the cause
