@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -11,11 +12,11 @@ from functools import partial
 from pathlib import Path
 
 import httpx
-import trio
-
 import trawl
-from tests.servers import free_port, wait_until
+import trio
 from trawl.testing import ExpositionServer
+
+from tests.servers import free_port, wait_until
 
 BODY = b"# TYPE m gauge\nm 1\nn 2\n"
 
@@ -77,8 +78,8 @@ async def test_invalid_config_is_refused_and_the_running_one_stays(tmp_path):
         await trio.sleep(1.2)
         before = loops(host, "a")
         config = host.config
-        path.write_text(path.read_text().replace('rp = "rp"', 'rp = "rp"\n  scrape-intervall = "1s"',
-                                                 1))
+        text = path.read_text().replace('rp = "rp"', 'rp = "rp"\n  scrape-intervall = "1s"', 1)
+        path.write_text(text)
         async with httpx.AsyncClient() as client:
             answer = await client.post(f"http://127.0.0.1:{port}/-/reload")
         assert answer.status_code == 400
@@ -127,7 +128,7 @@ async def test_valid_reload_restarts_only_what_changed(tmp_path):
         assert t3.requests >= 1
     # a's rhythm went on through the reload: every gap is the interval.
     times = [t for t in t1.request_times if t >= a_times[0]]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.35 < g < 0.65 for g in gaps), gaps
     for s in servers:
         s.__exit__(None, None, None)
@@ -178,3 +179,28 @@ def test_sighup_and_watch_reload_a_running_trawl(tmp_path):
     assert "configuration reloaded" in stderr
     for s in (t1, t2, t3):
         s.__exit__(None, None, None)
+
+
+async def test_points_spooled_by_a_failing_sink_survive_its_reload(tmp_path, monkeypatch):
+    """The sink cannot write; on reload its queue goes to the spool, and its successor
+    (same name, a path it can write) delivers everything from the spool."""
+    monkeypatch.chdir(tmp_path)  # the default spool directory is ./trawl-spool/<sink>
+    t1, t2 = ExpositionServer(BODY).__enter__(), ExpositionServer(BODY).__enter__()
+    path, port = tmp_path / "trawl.toml", free_port()
+    (tmp_path / "blocker").write_text("a file where the sink wants a directory")
+    write_config(path, port, {"s1": [t1.address], "s2": [t2.address]},
+                 sink_path="blocker/out.lp")
+    async with running(path) as host:
+        await trio.sleep(1.5)
+        assert host.sinks["out"].stats.write_errors >= 1
+        write_config(path, port, {"s1": [t1.address], "s2": [t2.address]}, sink_path="ok.lp")
+        assert await host.reload() == []
+        with trio.fail_after(10):
+            while host.sinks["out"].stats.spool_points or host.sinks["out"].stats.queue_points:
+                await trio.sleep(0.1)
+        await trio.sleep(0.5)
+    lines = (tmp_path / "ok.lp").read_text().splitlines()
+    ups = [line for line in lines if line.startswith("up,")]
+    assert len(ups) == t1.requests + t2.requests
+    t1.__exit__(None, None, None)
+    t2.__exit__(None, None, None)
