@@ -50,6 +50,8 @@ CLOSE_SPOOL_SECONDS = 2.0
 """Then, how long writing what is left to the spool may take."""
 CLOSE_RELEASE_SECONDS = 1.0
 """Then, how long closing the spool may wait for a spool operation under way."""
+REPORT_INTERVAL = 60.0
+"""While a sink keeps failing, how often the log says so again."""
 MEMORY_SAFETY_FACTOR = 10
 """While spooling, memory is still capped at this many times ``queue-size`` (a disk that
 cannot keep up): past it the oldest queued batches are dropped, counted and logged."""
@@ -173,6 +175,7 @@ class SinkRunner:
         self._changed = trio.Event()
         self._write_scope: trio.CancelScope | None = None
         self._closed = trio.Event()
+        self._last_report = 0.0
 
     @property
     def name(self) -> str:
@@ -447,8 +450,14 @@ class SinkRunner:
 
     def _note_error(self, exc: SinkError) -> None:
         self.stats.write_errors += 1
+        now = trio.current_time()
         if not self.stats.last_error:
             log.warning("sink %s: write failed: %s (retrying)", self.name, exc)
+            self._last_report = now
+        elif now - self._last_report >= REPORT_INTERVAL:
+            log.warning("sink %s: still failing: %s; %d points spooled, %d queued",
+                        self.name, exc, self.spool.points, self.stats.queue_points)
+            self._last_report = now
         self.stats.last_error = str(exc)
 
     def backoff_delay(self, exc: SinkError | None) -> float:

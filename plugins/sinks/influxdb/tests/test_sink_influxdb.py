@@ -346,6 +346,7 @@ class ScriptedServer:
     def __init__(self, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
         self.answers = answers
         self.requests: list[tuple[float, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
         self.url = ""
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -376,6 +377,7 @@ class ScriptedServer:
                     status, extra, reply = 204, {}, b""
                 else:
                     self.requests.append((trio.current_time(), path, body))
+                    self.headers.append(headers)
                     status, extra, reply = self.answers.pop(0) if self.answers \
                         else (204, {}, b"")
                 out = [f"HTTP/1.1 {status} X", f"Content-Length: {len(reply)}",
@@ -483,3 +485,24 @@ async def test_v2_over_https(pki, tmp_path):
                 got = await trio.to_thread.run_sync(server.samples, '{__name__="tlsv2_value"}')
                 await trio.sleep(0.2)
     assert sum(map(len, got.values())) == 3
+
+
+@pytest.mark.parametrize(("settings", "authorization", "path"), [
+    ({"username": "u", "password": "p"}, "Basic dTpw", "/write?db=db&precision=ms"),
+    ({"token": "t0k"}, "Token t0k", "/write?db=db&precision=ms"),
+    ({"api": "v2", "token": "t0k", "org": "o"}, "Token t0k", "/api/v2/write?org=o&bucket=db"),
+    # InfluxDB 1.8's compatibility API: the token is username:password, org is "-".
+    ({"api": "v2", "username": "u", "password": "p"}, "Token u:p",
+     "/api/v2/write?org=-&bucket=db"),
+])
+async def test_credentials_and_endpoints(tmp_path, settings, authorization, path):
+    server = ScriptedServer([])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        sink = InfluxDBSink(sink_config(tmp_path, urls=[server.url], **settings))
+        await sink.open()
+        await sink.write(batch("db", n=2))
+        await sink.close()
+        nursery.cancel_scope.cancel()
+    assert server.headers[0]["authorization"] == authorization
+    assert server.requests[0][1].startswith(path)
