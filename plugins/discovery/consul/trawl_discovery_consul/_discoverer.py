@@ -276,7 +276,6 @@ class ConsulAPI:
         return params
 
 
-
 class ConsulConnection:
     """One keep-alive connection to Consul, for one watcher; an async context manager."""
 
