@@ -279,3 +279,16 @@ async def test_a_successor_takes_over_the_spool_at_once(clock, tmp_path):
         await trio.sleep(3)
         await new.close()
     assert up.lines == sent
+
+
+async def test_closing_twice_is_harmless(clock, tmp_path):
+    sink = ServerSink(config(tmp_path))
+    runner = SinkRunner(sink)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        runner.submit(scrape(0))
+        async with trio.open_nursery() as closers:
+            closers.start_soon(runner.close)
+            closers.start_soon(runner.close)
+        await runner.close()
+    assert len(sink.lines) == 10

@@ -499,6 +499,9 @@ class SinkRunner:
         Batches already in the spool stay there for the next run (or the next runner of
         a sink of the same name, after a configuration reload).
         """
+        if self._closing:
+            await self._closed.wait()
+            return
         self._closing = True
         self._notify()
         try:
