@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parse":
             return _parse(args.path, args.content_type, registry)
         config = _load(args.config, registry)
-        logs.masker.add(_logging.config_secrets(config))
+        secrets = _logging.config_secrets(config)
+        logs.masker.add(secrets)
+        logging.getLogger("trawl.config").debug(
+            "%s: %d secret value(s) are masked in logs", config.path, len(secrets))
         for notice in config.notices:
             logging.getLogger("trawl.config").info("%s", notice)
         if args.command == "discover":

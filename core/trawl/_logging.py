@@ -177,20 +177,22 @@ def config_secrets(config: Any) -> list[str]:
     models: list[Any] = [*config.scrapers, config.http]
     models += [c for _, c in config.discoverers] + [c for _, c in config.sinks]
     models += [c for entries in config.processors.values() for _, c in entries]
-    return sorted(set(_secrets_in(models)))
+    return sorted(set(_secrets_in(models)) - {""})
 
 
 def _secrets_in(value: Any) -> Iterator[str]:
     if isinstance(value, SecretStr):
         yield value.get_secret_value()
     elif isinstance(value, BaseModel):
-        user = getattr(value, "username", None)
-        password = getattr(value, "password", None)
-        if isinstance(user, str) and isinstance(password, SecretStr) \
-                and password.get_secret_value():
-            pair = f"{user}:{password.get_secret_value()}".encode()
-            yield base64.b64encode(pair).decode()
-        for name in type(value).model_fields:
+        names = type(value).model_fields
+        for name in names:
+            # ``username`` + ``password``, ``basic_auth_username`` + ``basic_auth_password``
+            if name.endswith("username") and name[:-8] + "password" in names:
+                user = getattr(value, name, "")
+                password = getattr(value, name[:-8] + "password", None)
+                if isinstance(password, SecretStr) and password.get_secret_value():
+                    pair = f"{user}:{password.get_secret_value()}".encode()
+                    yield base64.b64encode(pair).decode()
             yield from _secrets_in(getattr(value, name, None))
     elif isinstance(value, dict):
         for v in value.values():

@@ -1,0 +1,343 @@
+"""Logs: one event per line for people (``text``) or as JSON (``--log-format json``); a
+failing target logs its first failure and its recovery only; configured secrets never
+appear, even at debug level and when a server echoes them back."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trawl._config import parse_config
+from trawl._logging import (
+    MASK,
+    JsonFormatter,
+    SecretMasker,
+    TextFormatter,
+    config_secrets,
+    setup,
+)
+from trawl.testing import make_registry
+
+from tests.servers import free_port, wait_until
+from tests.servers.trawl_process import TrawlProcess
+
+TEXT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: ")
+
+
+class EchoServer:
+    """A loopback HTTP server answering every request with ``status`` (settable); a 401
+    echoes the request's ``Authorization`` (decoded too) and ``X-Consul-Token`` headers in
+    its body, as a careless server might. ``authorizations`` records those headers."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.authorizations: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                consul = self.headers.get("X-Consul-Token", "")
+                outer.authorizations.append(auth)
+                if consul:
+                    outer.authorizations.append(f"X-Consul-Token {consul}")
+                if outer.status == 200:
+                    body = b"# TYPE flaps gauge\nflaps 1\n"
+                else:
+                    decoded = ""
+                    if auth.startswith("Basic "):
+                        decoded = base64.b64decode(auth[6:]).decode(errors="replace")
+                    body = f"denied: Authorization: {auth} ({decoded}), X-Consul-Token: " \
+                           f"{consul}\n".encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{self.address}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# ------------------------------------------------------------------ formats, in process
+
+def record(msg: str, *args: Any, level: int = logging.WARNING, **extra: Any) -> logging.LogRecord:
+    rec = logging.LogRecord("trawl.scrape", level, __file__, 1, msg, args or None, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_text_format_is_one_line_with_level_logger_and_extras():
+    rec = record("target %s is down: %s", "http://a/metrics", "line one\nline two",
+                 scrape_pool="node", failures=3, note="two words")
+    line = TextFormatter().format(rec)
+    assert TEXT_LINE.match(line)
+    assert "\n" not in line
+    assert line.endswith(' WARNING trawl.scrape: target http://a/metrics is down: line one\\n'
+                         'line two scrape_pool=node failures=3 note="two words"')
+
+
+def test_text_format_colours_the_level_only_on_request():
+    assert "\x1b[" not in TextFormatter().format(record("x"))
+    assert "\x1b[33mWARNING" in TextFormatter(colour=True).format(record("x"))
+
+
+def test_text_format_indents_a_traceback_under_its_event():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.LogRecord("trawl", logging.ERROR, __file__, 1, "failed", None,
+                                __import__("sys").exc_info())
+    lines = TextFormatter().format(rec).splitlines()
+    assert TEXT_LINE.match(lines[0]) and lines[0].endswith("trawl: failed")
+    assert all(line.startswith("    ") for line in lines[1:])
+    assert lines[-1].strip() == "ValueError: boom"
+
+
+def test_json_format_is_one_object_per_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.LogRecord("trawl.sink", logging.ERROR, __file__, 1, "sink %s: %s",
+                                ("out", 'say "hi"\nbye'), __import__("sys").exc_info())
+    rec.sink = "out"
+    rec.points = 12
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line
+    event = json.loads(line)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event.pop("time"))
+    exception = event.pop("exception")
+    assert exception.startswith("Traceback") and exception.endswith("ValueError: boom")
+    assert event == {"level": "error", "logger": "trawl.sink",
+                     "message": 'sink out: say "hi"\nbye', "sink": "out", "points": 12}
+
+
+def test_setup_levels_and_formats():
+    stream = io.StringIO()
+    try:
+        setup("warning", "json", stream)
+        logging.getLogger("trawl.test").info("not shown")
+        logging.getLogger("trawl.test").warning("shown %d", 1, extra={"target": "t"})
+        assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == \
+            ["shown 1"]
+        with pytest.raises(ValueError, match="unknown log format 'xml'"):
+            setup("info", "xml", stream)
+    finally:
+        setup("warning", "text", io.StringIO())
+
+
+# ------------------------------------------------------------------ secrets, in process
+
+SECRETS_CONFIG = """
+[http]
+  auth-enabled = true
+  username = "admin"
+  password = "http-pass-1111"
+  bearer-token = "http-token-2222"
+
+[[static-discovery]]
+  id = "s"
+  targets = ["127.0.0.1:1"]
+
+[[consul]]
+  id = "c"
+  address = "127.0.0.1:1"
+  token = "consul-token-3333"
+  username = "carol"
+  password = "consul-pass-4444"
+
+[[marathon]]
+  id = "m"
+  servers = ["http://127.0.0.1:1"]
+  basic-auth-username = "dave"
+  basic-auth-password = "marathon-pass-5555"
+
+[[scraper]]
+  name = "basic"
+  db = "prom"
+  rp = "autogen"
+  discoverer-service = "static-discovery"
+  discoverer-id = "s"
+  username = "alice"
+  password = "scrape-pass-6666"
+
+[[scraper]]
+  name = "bearer"
+  db = "prom"
+  rp = "autogen"
+  discoverer-service = "static-discovery"
+  discoverer-id = "s"
+  bearer-token = "scrape-token-7777"
+
+[[influxdb]]
+  name = "v1"
+  default = true
+  retry-initial-interval = "100ms"
+  retry-max-interval = "200ms"
+  urls = ["http://127.0.0.1:1"]
+  username = "bob"
+  password = "influx-pass-8888"
+
+[[influxdb]]
+  name = "v2"
+  default = true
+  retry-initial-interval = "100ms"
+  retry-max-interval = "200ms"
+  api = "v2"
+  urls = ["http://127.0.0.1:1"]
+  org = "o"
+  bucket = "b"
+  token = "influx-token-9999"
+"""
+
+
+def b64(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_config_secrets_finds_every_secret_field():
+    import tomllib
+
+    config = parse_config(tomllib.loads(SECRETS_CONFIG), make_registry(), "secrets.toml")
+    found = set(config_secrets(config))
+    plain = {"http-pass-1111", "http-token-2222", "consul-token-3333", "consul-pass-4444",
+             "marathon-pass-5555", "scrape-pass-6666", "scrape-token-7777",
+             "influx-pass-8888", "influx-token-9999"}
+    pairs = {b64("admin", "http-pass-1111"), b64("carol", "consul-pass-4444"),
+             b64("dave", "marathon-pass-5555"), b64("alice", "scrape-pass-6666"),
+             b64("bob", "influx-pass-8888")}
+    assert found == plain | pairs
+
+
+def test_masker_masks_messages_extras_tracebacks_and_encoded_forms():
+    masker = SecretMasker(["s3cr/et!", b64("alice", "s3cr/et!")])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(masker)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("trawl.masktest")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("password is %s", "s3cr/et!", extra={"url": "http://x/?p=s3cr%2Fet%21",
+                                                       "headers": {"a": "s3cr/et!"}})
+        log.warning("header Basic %s", b64("alice", "s3cr/et!"))
+        try:
+            raise RuntimeError("failed with s3cr/et!")
+        except RuntimeError:
+            log.exception("boom")
+    finally:
+        log.removeHandler(handler)
+    out = stream.getvalue()
+    assert "s3cr" not in out and b64("alice", "s3cr/et!") not in out
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["message"] == f"password is {MASK}"
+    assert events[0]["url"] == f"http://x/?p={MASK}"
+    assert events[0]["headers"] == json.dumps({"a": MASK})
+    assert events[1]["message"] == f"header Basic {MASK}"
+    assert events[2]["exception"].endswith(f"RuntimeError: failed with {MASK}")
+
+
+# ------------------------------------------------------------------ a real trawl run
+
+@pytest.mark.slow
+def test_run_at_debug_level_logs_json_with_no_secret_and_failures_once(tmp_path: Path):
+    """Every component that holds a secret talks to a server that refuses it with a 401
+    echoing the credentials; one target goes down for several scrapes and comes back."""
+    denied = EchoServer(401)
+    flapping = EchoServer(200)
+    port = free_port()
+    config = SECRETS_CONFIG.replace("127.0.0.1:1", denied.address)
+    config = config.replace('targets = ["127.0.0.1:1"]', f'targets = ["{denied.address}"]')
+    config = config.replace("[http]\n", f'[http]\n  bind-address = "127.0.0.1:{port}"\n')
+    config = config.replace("[[scraper]]", '[[scraper]]\n  scrape-interval = "1s"\n'
+                            '  scrape-timeout = "1s"')
+    config = config.replace('id = "m"', 'id = "m"\n  refresh-interval = "1s"')
+    config += f"""
+[[static-discovery]]
+  id = "flapping"
+  targets = ["{flapping.address}"]
+
+[[scraper]]
+  name = "flapping"
+  db = "prom"
+  rp = "autogen"
+  discoverer-service = "static-discovery"
+  discoverer-id = "flapping"
+  scrape-interval = "500ms"
+  scrape-timeout = "500ms"
+"""
+    trawl = TrawlProcess(tmp_path, config, http_port=None,
+                         args=("--log-level", "debug", "--log-format", "json"))
+    flapping_url = f"http://{flapping.address}/metrics"
+    try:
+        with trawl:
+            scrapes = lambda: len(flapping.authorizations)  # noqa: E731
+            wait_until(lambda: scrapes() >= 2, 15, "the flapping target to be scraped")
+            flapping.status = 500
+            start = scrapes()
+            wait_until(lambda: scrapes() >= start + 4, 15, "four failed scrapes")
+            flapping.status = 200
+            start = scrapes()
+            wait_until(lambda: scrapes() >= start + 2, 15, "two good scrapes")
+            # The credentials were really sent to a server (which echoed them back). (The
+            # InfluxDB v2 sink never sends its token: its /ping is refused first.)
+            expected = {"Bearer scrape-token-7777", "X-Consul-Token consul-token-3333",
+                        f"Basic {b64('alice', 'scrape-pass-6666')}",
+                        f"Basic {b64('carol', 'consul-pass-4444')}",
+                        f"Basic {b64('dave', 'marathon-pass-5555')}",
+                        f"Basic {b64('bob', 'influx-pass-8888')}"}
+            wait_until(lambda: expected <= set(denied.authorizations), 15,
+                       f"every credential sent (so far {set(denied.authorizations)})")
+            sent = set(denied.authorizations)
+    finally:
+        denied.close()
+        flapping.close()
+    assert trawl.proc is not None and trawl.proc.returncode == 0
+    out = trawl.log()
+    lines = out.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON event
+    assert {e["level"] for e in events} >= {"debug", "info", "warning"}
+    assert any(e["logger"] == "httpx" for e in events)  # every request, at debug level
+
+    secrets = [s for s in re.findall(r'(?:password|token) = "([^"]+)"', config)]
+    assert len(secrets) == 9
+    for s in secrets:
+        assert s not in out, f"secret {s!r} appears in the logs"
+    for header in sent:
+        if header:
+            assert header.split()[1] not in out, f"credential {header!r} appears in the logs"
+    # The echoed credentials reached a log message, where the masker caught them.
+    assert MASK in out
+
+    down = [e for e in events if e["message"].startswith(f"target {flapping_url} is down")]
+    back = [e for e in events if e["message"] == f"target {flapping_url} is up again"]
+    assert len(down) == 1 and "HTTP status 500" in down[0]["message"]
+    assert len(back) == 1 and events.index(down[0]) < events.index(back[0])
+    denied_down = [e for e in events if e["logger"] == "trawl.scrape"
+                   and e["message"].startswith(f"target http://{denied.address}/metrics")]
+    assert len(denied_down) == 2  # one per scraper, though they fail every second
+    assert all("401" in e["message"] for e in denied_down)
