@@ -112,7 +112,11 @@ class Prometheus(_Reference):
 
 
 class VMAgent(_Reference):
-    """vmagent 1.79 (``/usr/bin/vmagent``): the reference for Consul and Kubernetes SD."""
+    """vmagent 1.79 (``/usr/bin/vmagent``): the reference for Consul and Kubernetes SD.
+
+    vmagent keeps dropped targets in ``/api/v1/targets`` for minutes after they vanish:
+    compare after a change with a fresh instance.
+    """
 
     binary = "vmagent"
     name = "vmagent"
@@ -128,7 +132,8 @@ class VMAgent(_Reference):
                 "-promscrape.fileSDCheckInterval=1s", "-promscrape.configCheckInterval=1s",
                 f"-remoteWrite.url=http://127.0.0.1:{free_port()}/api/v1/write",
                 f"-remoteWrite.tmpDataPath={self.workdir / 'vmagent-rw'}",
-                "-promscrape.dropOriginalLabels=false", "-loggerLevel=WARN"]
+                "-promscrape.dropOriginalLabels=false", "-promscrape.maxDroppedTargets=100000",
+                "-loggerLevel=WARN"]
 
 
 def comparable(labels: dict[str, str]) -> dict[str, str]:
