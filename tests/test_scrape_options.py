@@ -316,3 +316,26 @@ async def test_target_labels_and_nan_samples(targets):
     assert not any(k.startswith(("a,", "b,")) for k in got)
     assert got[f"scrape_samples_scraped,instance={t.address},job=job,team=db"] == 3.0
     assert got[f"scrape_samples_post_metric_relabeling,instance={t.address},job=job,team=db"] == 1.0
+
+
+async def test_a_buggy_processor_downs_its_target_only(targets):
+    class Broken(trawl.Processor):
+        kind = "broken"
+
+        def process(self, points):
+            raise ZeroDivisionError("bug")
+
+    t = targets()
+    config = scraper()
+    delivered: list[trawl.Batch] = []
+    pool = ScrapePool(config, make_registry(), delivered.append,
+                      processors=[Broken(trawl.ProcessorConfig(kind="broken"))])
+    target, _ = build_target({"__address__": t.address}, config)
+    assert target is not None
+    loop = ScrapeLoop(target, config, pool)
+    async with http_client(config) as client:
+        await loop.scrape_once(client)
+    assert loop.health.health == "down"
+    assert loop.health.last_error == ("internal error in a parser or processor: "
+                                      "ZeroDivisionError('bug')")
+    assert [s.measurement for s, _, _ in delivered[0].points][0] == "up"

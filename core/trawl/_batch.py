@@ -78,7 +78,7 @@ class Batch:
 
     def line_protocol(self) -> str:
         """The batch as InfluxDB line protocol, one point a line, ms precision."""
-        parts = []
+        parts: list[str] = []
         append = parts.append
         last_ts: int | None = None
         suffix = ""

@@ -291,7 +291,7 @@ def _describe(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return f'unknown key "{loc}"'
-    msg = err["msg"]
+    msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if not loc:
@@ -346,13 +346,13 @@ def _cross_check(config: Config, path: str, problems: list[str]) -> None:
                 f'{where}: key "discoverer-service" and "discoverer-id" must name a discoverer'
             )
         else:
-            d = discoverers.get((sc.discoverer_service, sc.discoverer_id))
-            if d is None or not d.enabled:
-                state = "disabled" if d is not None else "no"
+            discoverer = discoverers.get((sc.discoverer_service, sc.discoverer_id))
+            if discoverer is None or not discoverer.enabled:
+                state = "disabled" if discoverer is not None else "no"
                 problems.append(
                     f'{where}: key "discoverer-id": {state} [[{sc.discoverer_service}]] '
                     f'with id "{sc.discoverer_id}"'
-                    + ("" if d is not None else " is configured")
+                    + ("" if discoverer is not None else " is configured")
                 )
         for name in sc.sinks:
             found = sinks.get(name)

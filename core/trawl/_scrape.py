@@ -276,6 +276,10 @@ class ScrapeLoop:
             error = _describe_http_error(exc)
         except ssl.SSLError as exc:
             error = f"TLS error: {exc}"
+        except Exception as exc:  # a bug in a parser or processor plugin downs this target only
+            error = f"internal error in a parser or processor: {exc!r}"
+            if self.health.health != "down":
+                log.error("target %s: %s", self.target.url, error, exc_info=exc)
         duration = time.perf_counter() - t0
         h = self.health
         h.scrapes += 1
@@ -317,7 +321,7 @@ class ScrapeLoop:
                                   f"{resp.reason_phrase}".rstrip())
             chunks = []
             size = 0
-            async with aclosing(resp.aiter_raw()) as raw_chunks:
+            async with aclosing(resp.aiter_raw()) as raw_chunks:  # type: ignore[type-var]
                 async for chunk in raw_chunks:
                     size += len(chunk)
                     if limit and size > limit:
