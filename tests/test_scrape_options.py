@@ -338,4 +338,4 @@ async def test_a_buggy_processor_downs_its_target_only(targets):
     assert loop.health.health == "down"
     assert loop.health.last_error == ("internal error in a parser or processor: "
                                       "ZeroDivisionError('bug')")
-    assert [s.measurement for s, _, _ in delivered[0].points][0] == "up"
+    assert delivered[0].points[0][0].measurement == "up"
