@@ -136,6 +136,9 @@ def test_json_format_is_one_object_per_line():
 
 
 def test_setup_levels_and_formats():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, [
+        (logging.getLogger(n), logging.getLogger(n).level) for n in ("httpx", "httpcore")]
     stream = io.StringIO()
     try:
         setup("warning", "json", stream)
@@ -146,7 +149,9 @@ def test_setup_levels_and_formats():
         with pytest.raises(ValueError, match="unknown log format 'xml'"):
             setup("info", "xml", stream)
     finally:
-        setup("warning", "text", io.StringIO())
+        root.handlers[:], root.level = saved[0], saved[1]
+        for logger, level in saved[2]:
+            logger.setLevel(level)
 
 
 # ------------------------------------------------------------------ secrets, in process
