@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Steady-state parse throughput: trawl's parsers against prometheus_client's, same run.
 
-For each payload, samples/s (median over ``--repeats``; each repeat loops for at least
-``--min-time`` seconds) of:
+For each payload, samples per CPU-second (``time.process_time``; median over ``--repeats``
+rounds in which the methods take turns, each looping for at least ``--min-time`` seconds of
+CPU, so that a busy machine slows them alike) of:
 
   trawl            ``PrometheusTextParser.parse(body)`` plus the scrape cache lookup of every
                    series text, with the cache warm: what the scrape loop pays per scrape
@@ -103,24 +104,33 @@ def to_openmetrics(body: bytes) -> bytes:
     return bytes(generate_latest(registry))
 
 
-def measure(fn: Callable[[], int], repeats: int, min_time: float) -> tuple[int, list[float]]:
-    samples = fn()
+def calibrate(fn: Callable[[], int], min_time: float) -> int:
+    """How many calls of ``fn`` take at least ``min_time`` seconds of CPU."""
+    fn()
     loops = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(loops):
             fn()
-        elapsed = time.perf_counter() - t0
+        elapsed = time.process_time() - t0
         if elapsed >= min_time:
-            break
+            return loops
         loops = max(loops * 2, int(loops * min_time / max(elapsed, 1e-9) * 1.1))
-    rates = []
+
+
+def measure(rows: list[tuple[str, Callable[[], int]]], repeats: int, min_time: float
+            ) -> dict[str, tuple[int, float]]:
+    """Median samples per CPU-second of each method; the methods take turns in every
+    repeat, so a busy machine slows them alike and their ratio stays fair."""
+    plan = [(name, fn, fn(), calibrate(fn, min_time)) for name, fn in rows]
+    rates: dict[str, list[float]] = {name: [] for name, _ in rows}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        rates.append(samples * loops / (time.perf_counter() - t0))
-    return samples, rates
+        for name, fn, samples, loops in plan:
+            t0 = time.process_time()
+            for _ in range(loops):
+                fn()
+            rates[name].append(samples * loops / (time.process_time() - t0))
+    return {name: (samples, statistics.median(rates[name])) for name, _, samples, _ in plan}
 
 
 def main() -> int:
@@ -133,7 +143,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"# Python {platform.python_version()}, prometheus-client "
           f"{version('prometheus-client')}, gc {'on' if gc.isenabled() else 'off'}, "
-          f"median of {args.repeats}")
+          f"samples per CPU-second, median of {args.repeats} interleaved rounds")
     print("| payload | samples | method | samples/s | µs/sample | trawl ÷ prometheus_client |")
     print("|---|---|---|---|---|---|")
     for path in args.payloads:
@@ -149,10 +159,7 @@ def main() -> int:
                 ("trawl OpenMetrics (warm)", trawl_warm(OpenMetricsParser(), om)),
                 ("prometheus_client OpenMetrics", promclient_openmetrics(om)),
             ]
-        results = {}
-        for name, fn in rows:
-            count, rates = measure(fn, args.repeats, args.min_time)
-            results[name] = (count, statistics.median(rates))
+        results = measure(rows, args.repeats, args.min_time)
         for name, (count, rate) in results.items():
             base = ("prometheus_client OpenMetrics" if "OpenMetrics" in name
                     else "prometheus_client")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from decimal import Decimal
 from itertools import repeat
 from operator import itemgetter
@@ -38,7 +38,6 @@ class ParseError(TrawlError):
     """The payload is rejected; the message says where and what was expected."""
 
 
-@dataclass(slots=True)
 class Scraped:
     """What a parser read from one response body.
 
@@ -48,11 +47,42 @@ class Scraped:
         `Parser.parse_series` turns it into a name and labels on a cache miss.
       types: Metric family name → type (``counter``, ``gauge``, ``histogram``,
         ``summary``, ``untyped``, and for OpenMetrics also ``gaugehistogram``, ``info``,
-        ``stateset``, ``unknown``).
+        ``stateset``, ``unknown``). A parser may compute it on first use.
     """
 
-    samples: list[RawSample] = field(default_factory=list)
-    types: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("_type_source", "_types", "samples")
+
+    def __init__(self, samples: list[RawSample] | None = None,
+                 types: dict[str, str] | Callable[[], dict[str, str]] | None = None) -> None:
+        self.samples: list[RawSample] = [] if samples is None else samples
+        self._types: dict[str, str] = {}
+        self._type_source: Callable[[], dict[str, str]] | None = None
+        if callable(types):
+            self._type_source = types
+        elif types is not None:
+            self._types = types
+
+    @property
+    def types(self) -> dict[str, str]:
+        if self._type_source is not None:
+            self._types = self._type_source()
+            self._type_source = None
+        return self._types
+
+    @types.setter
+    def types(self, value: dict[str, str]) -> None:
+        self._types = value
+        self._type_source = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scraped):
+            return NotImplemented
+        return self.samples == other.samples and self.types == other.types
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Scraped(samples={self.samples!r}, types={self.types!r})"
 
 
 class Parser(ABC):
@@ -570,17 +600,18 @@ VALUE_FAST = (
 # The fast path works on "\n" + body (+ "\n"), so every line is "\n...(?=\n)": a regex
 # with a literal first character is searched far faster than one anchored with ^.
 _TEXT_SAMPLE = re.compile(
-    r"\n([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^\n]*\})?) (" + VALUE_FAST + r")(?: ([0-9]{1,18}))?"
-    r"(?=\n)"
+    r"\n([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^\n]*\})?) (" + VALUE_FAST + r")(?: ([0-9]{1,18}))?$",
+    re.M,
 )
 # Comment lines: Prometheus rejects only malformed "# HELP"/"# TYPE" lines. This matches
-# every comment line: a "# TYPE" line written the usual way gives (name, type, ""), a line
-# that might be a HELP or TYPE line written some other way gives ("", "", "x"), which sends
-# the body to the exact parser, and any other comment gives ("", "", "").
+# every comment line that is sure to be fine: a "# TYPE" line written the usual way (the
+# whole line comes back, for the types), a "# HELP" line with a name, and any comment that
+# is not a HELP or TYPE line ("\n" comes back). Anything else is left unmatched, which sends
+# the body to the exact parser.
 _TEXT_COMMENTS = re.compile(
-    r"\n\#(?: TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*)[^a-zA-Z0-9_:\n]"
-    r"(counter|gauge|histogram|summary|untyped)(?=\n)"
-    r"|( TYPE |[ \t][ \t]|\t|[ \t](?:HELP|TYPE)\t|[ \t]HELP [^a-zA-Z_:])|)"
+    r"\n(?:\# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (?:counter|gauge|histogram|summary|untyped)$"
+    r"|(?=\# HELP [a-zA-Z_:]|\#(?![ \t]+(?:HELP|TYPE)[ \t])))",
+    re.M,
 )
 _STRINGS_CLOSED = re.compile(r'[^"]*+(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"]*+)*+\Z', re.S)
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -614,32 +645,42 @@ def _fast_text(body: bytes) -> Scraped | None:
     comments = _TEXT_COMMENTS.findall(text)
     if len(found) + len(comments) != text.count("\n") - 1:
         return None  # a blank line, or a line that is neither a plain sample nor a comment
-    types: dict[str, str] = {}
-    if comments:
-        if any(map(_third, comments)):
-            return None
-        types = dict(map(_first_two, comments))
-        types.pop("", None)
     series = list(map(_first, found))
     if "\\" in text:
         suspects = [s for s in series if s.count('"') & 1 or "\\" in s]
-    elif any(map(_odd, map(str.count, series, repeat('"')))):
+    elif any(n & 1 for n in set(map(str.count, series, repeat('"')))):
         suspects = [s for s in series if s.count('"') & 1]
     else:
         suspects = []
     for text in suspects:
         if not _STRINGS_CLOSED.match(text):
             return None  # a label value may run on to the next line: read it exactly
+    types = _TypeLines(comments) if comments else None
     if any(map(_third, found)):
         return Scraped([(s, float(v), int(t) if t else None) for s, v, t in found], types)
     return Scraped(list(zip(series, map(float, map(_second, found)), repeat(None))), types)
 
 
+class _TypeLines:
+    """The families' types from the fast path's comment matches, read when asked for."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def __call__(self) -> dict[str, str]:
+        types = {}
+        for line in self.lines:
+            if len(line) > 1:
+                _, _, name, mtype = line.split(" ")
+                types[name] = mtype
+        return types
+
+
 _first = itemgetter(0)
-_first_two = itemgetter(0, 1)
 _second = itemgetter(1)
 _third = itemgetter(2)
-_odd = (1).__and__
 
 
 class PrometheusTextParser(Parser):
