@@ -346,3 +346,54 @@ def test_run_at_debug_level_logs_json_with_no_secret_and_failures_once(tmp_path:
                    and e["message"].startswith(f"target http://{denied.address}/metrics")]
     assert len(denied_down) == 2  # one per scraper, though they fail every second
     assert all("401" in e["message"] for e in denied_down)
+
+
+@pytest.mark.slow
+def test_secrets_of_a_reloaded_configuration_are_masked_too(tmp_path: Path):
+    """A discoverer added by a reload (SIGHUP) talks to a server that echoes its token into
+    the error the discoverer logs: the new token is masked."""
+    denied = EchoServer(401)
+    flapping = EchoServer(200)
+    base = f"""
+[[static-discovery]]
+  id = "s"
+  targets = ["{flapping.address}"]
+
+[[scraper]]
+  name = "node"
+  db = "prom"
+  rp = "autogen"
+  discoverer-service = "static-discovery"
+  discoverer-id = "s"
+  scrape-interval = "1s"
+  scrape-timeout = "1s"
+
+[[file-sink]]
+  name = "out"
+  default = true
+  path = "{tmp_path / 'out.lp'}"
+"""
+    trawl = TrawlProcess(tmp_path, base, args=("--log-format", "json"))
+    try:
+        with trawl:
+            wait_until(lambda: "configuration" in trawl.log() or "OK:" in trawl.log(), 15,
+                       "trawl to start")
+            trawl.config_path.write_text(base + f"""
+[[consul]]
+  id = "c"
+  address = "{denied.address}"
+  token = "reloaded-token-4242"
+""")
+            assert trawl.proc is not None
+            trawl.proc.send_signal(__import__("signal").SIGHUP)
+            wait_until(lambda: "X-Consul-Token reloaded-token-4242" in denied.authorizations,
+                       15, "the reloaded discoverer to send its token")
+            wait_until(lambda: "discoverer consul/c failed" in trawl.log(), 15,
+                       "the discoverer's failure to be logged")
+    finally:
+        denied.close()
+        flapping.close()
+    out = trawl.log()
+    assert "reloaded-token-4242" not in out
+    failed = [json.loads(line) for line in out.splitlines() if "consul/c failed" in line]
+    assert f"X-Consul-Token: {MASK}" in failed[0]["message"]
