@@ -63,6 +63,25 @@ def test_lists_with_resource_version_namespaces_and_selectors(
         assert ip.startswith("127.")
 
 
+def test_lists_in_pages_of_one_snapshot(sim: k8s.KubernetesSimulator,
+                                        client: httpx.Client) -> None:
+    first = client.get("/api/v1/pods", params={"limit": "3"}).json()
+    assert len(first["items"]) == 3
+    assert first["metadata"]["remainingItemCount"] == 4
+    sim.add("pods", k8s.pod("after", "prod", "127.1.0.70"))  # not in this snapshot
+    rest = client.get("/api/v1/pods", params={"limit": "10",
+                                              "continue": first["metadata"]["continue"]}).json()
+    assert "continue" not in rest["metadata"]
+    assert rest["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    assert len(names(first) | names(rest)) == 7
+    assert "after" not in names(rest)
+    again = client.get("/api/v1/pods", params={"limit": "1"}).json()
+    sim.compact()
+    expired = client.get("/api/v1/pods", params={"continue": again["metadata"]["continue"]})
+    assert expired.status_code == 410
+    assert expired.json()["reason"] == "Expired"
+
+
 def test_errors_are_status_objects(sim: k8s.KubernetesSimulator, client: httpx.Client) -> None:
     anonymous = client.get("/api/v1/pods", headers={"Authorization": "Bearer nope"})
     assert anonymous.status_code == 401

@@ -6,8 +6,9 @@ It serves what service discovery uses (Prometheus's, vmagent's and trawl's):
   ``/api/v1/namespaces/<ns>/{pods,services,endpoints}``,
   ``/apis/discovery.k8s.io/v1/[namespaces/<ns>/]endpointslices`` and
   ``/apis/networking.k8s.io/v1/[namespaces/<ns>/]ingresses``: a ``<Kind>List`` with
-  ``metadata.resourceVersion``; ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``,
-  exists, ``!``) and ``fieldSelector`` (``=``, ``==``, ``!=`` on dotted paths).
+  ``metadata.resourceVersion``, paged with ``limit`` and ``continue`` (a snapshot per
+  list; ``410 Gone`` once compacted); ``labelSelector`` (``=``, ``==``, ``!=``, ``in``,
+  ``notin``, exists, ``!``) and ``fieldSelector`` (``=``, ``==``, ``!=`` on dotted paths).
 - ``watch=1&resourceVersion=N[&allowWatchBookmarks=true][&timeoutSeconds=S]``: a chunked
   stream of JSON lines ``{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR",
   "object": ...}``, replaying the events after ``N`` then following new ones. An object
@@ -219,6 +220,9 @@ class KubernetesSimulator:
         self.outage = False
         self.requests: list[tuple[str, dict[str, str], bool]] = []
         self.responses: list[tuple[str, int]] = []  # (path, status); 200 for watches
+        self.snapshots: dict[str, tuple[int, list[Obj]]] = {}  # continue token -> the rest
+        self._tokens = 0
+        self.expire_continues = False  # answer every continue token 410, as after compaction
         self.gone_events = 0  # ERROR events with code 410 sent inside watch streams
         self.cond = threading.Condition()
         self._stopping = False
@@ -329,6 +333,7 @@ class KubernetesSimulator:
         """Forget the event history: watches from any older version get 410 Gone."""
         with self.cond:
             self.events.clear()
+            self.snapshots.clear()
             self.oldest_rv = self.rv
             self.cond.notify_all()
 
@@ -344,13 +349,31 @@ class KubernetesSimulator:
                     if q.get("watch") in ("1", "true") and path.endswith("/" + resource)]
 
     # -- serving (called from handler threads)
-    def list_body(self, w: _Watch) -> bytes:
+    def list_body(self, w: _Watch, limit: int = 0, token: str = "") -> bytes:
+        """A list, or one page of it: with ``limit``, ``metadata.continue`` names the rest
+        of the same snapshot; a continue token whose snapshot was compacted away is
+        answered ``410 Gone`` by the caller (`Expired`)."""
         with self.cond:
-            items = [o for o in self.objects[w.resource].values() if w.matches(o)]
-            items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
             _, kind, api_version, _ = RESOURCES[w.resource]
-            body = {"kind": f"{kind}List", "apiVersion": api_version,
-                    "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+            if token:
+                if token not in self.snapshots or self.expire_continues:
+                    raise KeyError(token)
+                rv, items = self.snapshots.pop(token)
+            else:
+                items = [o for o in self.objects[w.resource].values() if w.matches(o)]
+                items.sort(key=lambda o: (o["metadata"].get("namespace", ""),
+                                          o["metadata"]["name"]))
+                rv = self.rv
+            meta: Obj = {"resourceVersion": str(rv)}
+            if limit and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                self._tokens += 1
+                next_token = f"page-{self._tokens}"
+                self.snapshots[next_token] = (rv, rest)
+                meta["continue"] = next_token
+                meta["remainingItemCount"] = len(rest)
+            body = {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta,
+                    "items": items}
             return json.dumps(body).encode()
 
     def _typed(self, resource: str, obj: Obj) -> Obj:
@@ -519,7 +542,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, status(400, "BadRequest", str(exc)))
             return
         if query.get("watch") not in ("1", "true"):
-            self._reply(200, sim.list_body(w))
+            try:
+                body = sim.list_body(w, int(query.get("limit") or 0), query.get("continue", ""))
+            except KeyError:
+                self._reply(410, status(410, "Expired", "The provided continue parameter is "
+                                        "too old to display a consistent list result."))
+                return
+            except ValueError:
+                self._reply(400, status(400, "BadRequest", "invalid limit"))
+                return
+            self._reply(200, body)
             return
         rv_text = query.get("resourceVersion", "")
         try:

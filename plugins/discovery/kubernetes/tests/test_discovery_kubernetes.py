@@ -235,6 +235,26 @@ async def test_namespaces_and_selectors_restrict_discovery(sim: k8s.KubernetesSi
         assert {t[P + "pod_name"] for t in targets(m)} == {"web-7d9f-1", "db-0"}
 
 
+async def test_lists_page_by_page(sim: k8s.KubernetesSimulator) -> None:
+    async with discovering(**settings(sim, resource="pod", **{"list-limit": 2})) as (d, m):
+        assert len({t[P + "pod_name"] for t in targets(m)}) == 6  # all but the pending one
+        lists = [q for p, q, _ in sim.requests if "watch" not in q]
+        assert [q.get("continue") for q in lists] == [None, "page-1", "page-2", "page-3"]
+        assert {q["limit"] for q in lists} == {"2"}
+        # a continue token that expired: retried with backoff, reported, recovered
+        sim.expire_continues = True
+        sim.set_outage(True)
+        await until(lambda: d.health.failing)
+        sim.add("pods", k8s.pod("late", "jobs", "127.1.1.20"))
+        sim.compact()
+        sim.set_outage(False)
+        await until(lambda: "continue" in d.health.last_error)
+        assert "410" in d.health.last_error
+        sim.expire_continues = False
+        await until(lambda: "127.1.1.20:8080" in by_address(targets(m)))
+        await until(lambda: not d.health.failing)
+
+
 # --- list, watch, relist, failure ------------------------------------------------------
 
 async def test_watch_follows_changes_and_bookmarks(sim: k8s.KubernetesSimulator) -> None:

@@ -30,6 +30,7 @@ class KubernetesConfig(trawl.DiscovererConfig):
     field_selector: str = ""
     service_account_dir: str = SERVICE_ACCOUNT_DIR
     insecure_skip_verify: bool = False
+    list_limit: int = Field(default=500, ge=0)
     request_timeout: trawl.Duration = 10.0
     watch_timeout: trawl.Duration = 300.0
     max_backoff: trawl.Duration = 30.0

@@ -36,6 +36,7 @@ ROLE_RESOURCES = {
     "ingress": ("ingresses", ()),
 }
 MIN_BACKOFF = 0.5
+MAX_PAGES = 100_000
 DEBOUNCE = 0.05
 
 Obj = dict[str, Any]
@@ -117,11 +118,25 @@ class Watcher:
         self.d.mark_dirty(self.resource, key)
 
     async def list(self) -> None:
-        body = await self.d.client.list(self.path, self.params)
+        """List every object, page by page (``limit``/``continue``) when ``list-limit``."""
+        params = dict(self.params)
+        if self.d.config.list_limit:
+            params["limit"] = str(self.d.config.list_limit)
         fresh: dict[Key, Obj] = {}
-        for item in body.get("items") or ():
-            if isinstance(item, dict):
-                fresh[_labels.key_of(item)] = slim(self.resource, item)
+        version = ""
+        for _ in range(MAX_PAGES):
+            body = await self.d.client.list(self.path, params)
+            for item in body.get("items") or ():
+                if isinstance(item, dict):
+                    fresh[_labels.key_of(item)] = slim(self.resource, item)
+            meta = body.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion", ""))
+            if not meta.get("continue"):
+                break
+            params["continue"] = str(meta["continue"])
+        else:
+            raise ApiError(f"GET {self.d.client.server}{self.path}: more than {MAX_PAGES} "
+                           "pages")
         for key in self.keys - fresh.keys():
             self.store.pop(key, None)
             self._changed(key)
@@ -130,7 +145,7 @@ class Watcher:
                 self.store[key] = obj
                 self._changed(key)
         self.keys = set(fresh)
-        self.resource_version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        self.resource_version = version
 
     async def watch(self) -> int:
         """Follow one watch request; return how many events it brought."""
@@ -182,7 +197,15 @@ class Watcher:
                 if events == 0 and trio.current_time() - started < 1.0:
                     # A server that closes watches at once must not make us spin.
                     await trio.sleep(MIN_BACKOFF)
-            except Gone:
+            except Gone as exc:
+                if not self.resource_version:
+                    # The list itself expired (its continue token): like any failure,
+                    # retry after a backoff, so that this can never spin.
+                    self.d.watcher_failed(self, str(exc))
+                    self.attempted.set()
+                    await trio.sleep(backoff * random.uniform(0.8, 1.2))
+                    backoff = min(backoff * 2, self.d.config.max_backoff)
+                    continue
                 log.info("%s: resource version %s expired, listing again", self.path,
                          self.resource_version)
                 self.resource_version = ""
