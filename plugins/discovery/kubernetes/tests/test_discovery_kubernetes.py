@@ -119,6 +119,14 @@ def test_bad_config_is_a_clear_error(section: dict[str, Any], needle: str) -> No
     assert needle in text
 
 
+def test_readme_documents_every_key() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = readme[readme.index("## Configuration"):readme.index("## Connection")]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", readme, re.MULTILINE))
+    keys = {f.alias or name for name, f in KubernetesConfig.model_fields.items()}
+    assert keys == documented
+
+
 def test_token_is_secret() -> None:
     c = KubernetesConfig.model_validate({"api-servers": ["http://127.0.0.1:1"], "token": TOKEN})
     assert TOKEN not in repr(c)
