@@ -25,6 +25,7 @@ from ._parsing import (
     S_META2,
     S_TIMESTAMP,
     S_VALUE,
+    SERIES_OM_FAST,
     T_BCLOSE,
     T_BOPEN,
     T_COMMA,
@@ -52,6 +53,7 @@ from ._parsing import (
     Scraped,
     _go_quote,
     decode_body,
+    fast_series,
     finish_labels,
     go_float,
     go_int64_from_float,
@@ -472,6 +474,9 @@ class OpenMetricsParser(Parser):
         return exact.named
 
     def parse_series(self, text: str) -> tuple[str, dict[str, str]]:
+        fast = fast_series(text, SERIES_OM_FAST)
+        if fast is not None:
+            return fast
         raw = text.encode("utf-8", "surrogateescape")
         exact = _ExactOpenMetrics(raw + b" 0\n", full=False)
         lx = exact.lx

@@ -235,6 +235,11 @@ def finish_labels(name: str, pairs: list[tuple[bytes, bytes]], unescape: bool = 
         if unescape and b"\\" in raw:
             raw = _unescape(raw)
         values.append((lname_b.decode("ascii"), raw.decode("utf-8")))
+    return label_set(name, values)
+
+
+def label_set(name: str, values: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    """`finish_labels` on decoded, unescaped ``(label name, value)`` pairs."""
     if not values:
         return name, {}
     empty = {k for k, v in values if not v}
@@ -262,11 +267,40 @@ def _unescape(raw: bytes) -> bytes:
 
 
 _ESCAPE = re.compile(rb'\\(["\\n])')
+_ESCAPE_STR = re.compile(r'\\(["\\n])')
 
 
 def _escape_sub(m: re.Match[bytes]) -> bytes:
     ch = m.group(1)
     return b"\n" if ch == b"n" else ch
+
+
+def _escape_sub_str(m: re.Match[str]) -> str:
+    ch = m.group(1)
+    return "\n" if ch == "n" else ch
+
+
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n\x00]*(?:\\[^\n\x00][^"\\\n\x00]*)*"'
+SERIES_TEXT_FAST = re.compile(
+    r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:" + _LABEL + r",)*(?:" + _LABEL + r")?)\})?\Z")
+"""Series text in the usual layout: Prometheus's lexer reads it as this regex does."""
+SERIES_OM_FAST = re.compile(
+    r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:" + _LABEL + r"(?:," + _LABEL + r")*)?)\})?\Z")
+_LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\\n\x00]*(?:\\[^\n\x00][^"\\\n\x00]*)*)"')
+
+
+def fast_series(text: str, pattern: re.Pattern[str]) -> tuple[str, dict[str, str]] | None:
+    """Name and labels of series text in the usual layout, or ``None`` for the exact path."""
+    m = pattern.match(text)
+    if m is None or (not text.isascii() and _SURROGATE.search(text)):
+        return None
+    name, inner = m.groups()
+    if not inner:
+        return name, {}
+    pairs = _LABEL_PAIR.findall(inner)
+    if "\\" in inner:
+        pairs = [(k, _ESCAPE_STR.sub(_escape_sub_str, v) if "\\" in v else v) for k, v in pairs]
+    return label_set(name, pairs)
 
 
 # ------------------------------------------------------------------ the exact text lexer
@@ -704,6 +738,9 @@ class PrometheusTextParser(Parser):
         return exact.named
 
     def parse_series(self, text: str) -> tuple[str, dict[str, str]]:
+        fast = fast_series(text, SERIES_TEXT_FAST)
+        if fast is not None:
+            return fast
         raw = text.encode("utf-8", "surrogateescape")
         exact = _ExactText(raw, full=False)
         lx = exact.lx
