@@ -5,12 +5,10 @@ appear, even at debug level and when a server echoes them back."""
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import logging
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +25,10 @@ from trawl._logging import (
 from trawl.testing import make_registry
 
 from tests.servers import free_port, wait_until
-from tests.servers.trawl_process import TrawlProcess
+from tests.servers.trawl_process import TargetServer, TrawlProcess
 
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: ")
-
-
-class EchoServer:
-    """A loopback HTTP server answering every request with ``status`` (settable); a 401
-    echoes the request's ``Authorization`` (decoded too) and ``X-Consul-Token`` headers in
-    its body, as a careless server might. ``authorizations`` records those headers."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.authorizations: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self) -> None:
-                auth = self.headers.get("Authorization", "")
-                consul = self.headers.get("X-Consul-Token", "")
-                outer.authorizations.append(auth)
-                if consul:
-                    outer.authorizations.append(f"X-Consul-Token {consul}")
-                if outer.status == 200:
-                    body = b"# TYPE flaps gauge\nflaps 1\n"
-                else:
-                    decoded = ""
-                    if auth.startswith("Basic "):
-                        decoded = base64.b64decode(auth[6:]).decode(errors="replace")
-                    body = f"denied: Authorization: {auth} ({decoded}), X-Consul-Token: " \
-                           f"{consul}\n".encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.address = f"127.0.0.1:{self._server.server_address[1]}"
-        self.url = f"http://{self.address}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 # ------------------------------------------------------------------ formats, in process
@@ -272,8 +221,8 @@ def test_masker_masks_messages_extras_tracebacks_and_encoded_forms():
 def test_run_at_debug_level_logs_json_with_no_secret_and_failures_once(tmp_path: Path):
     """Every component that holds a secret talks to a server that refuses it with a 401
     echoing the credentials; one target goes down for several scrapes and comes back."""
-    denied = EchoServer(401)
-    flapping = EchoServer(200)
+    denied = TargetServer(401)
+    flapping = TargetServer(200, "# TYPE flaps gauge\nflaps 1\n")
     port = free_port()
     config = SECRETS_CONFIG.replace("127.0.0.1:1", denied.address)
     config = config.replace('targets = ["127.0.0.1:1"]', f'targets = ["{denied.address}"]')
@@ -352,9 +301,13 @@ def test_run_at_debug_level_logs_json_with_no_secret_and_failures_once(tmp_path:
 def test_secrets_of_a_reloaded_configuration_are_masked_too(tmp_path: Path):
     """A discoverer added by a reload (SIGHUP) talks to a server that echoes its token into
     the error the discoverer logs: the new token is masked."""
-    denied = EchoServer(401)
-    flapping = EchoServer(200)
+    denied = TargetServer(401)
+    flapping = TargetServer(200)
+    port = free_port()
     base = f"""
+[http]
+  bind-address = "127.0.0.1:{port}"
+
 [[static-discovery]]
   id = "s"
   targets = ["{flapping.address}"]
@@ -373,11 +326,9 @@ def test_secrets_of_a_reloaded_configuration_are_masked_too(tmp_path: Path):
   default = true
   path = "{tmp_path / 'out.lp'}"
 """
-    trawl = TrawlProcess(tmp_path, base, args=("--log-format", "json"))
+    trawl = TrawlProcess(tmp_path, base, args=("--log-format", "json"), http_port=port)
     try:
-        with trawl:
-            wait_until(lambda: "configuration" in trawl.log() or "OK:" in trawl.log(), 15,
-                       "trawl to start")
+        with trawl:  # ready: its SIGHUP handler is installed
             trawl.config_path.write_text(base + f"""
 [[consul]]
   id = "c"
@@ -397,3 +348,21 @@ def test_secrets_of_a_reloaded_configuration_are_masked_too(tmp_path: Path):
     assert "reloaded-token-4242" not in out
     failed = [json.loads(line) for line in out.splitlines() if "consul/c failed" in line]
     assert f"X-Consul-Token: {MASK}" in failed[0]["message"]
+
+
+def test_log_options_after_the_command_and_config_errors_as_json(tmp_path: Path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "trawl", "run", "--log-format", "json", "--log-level", "debug",
+         "-c", str(missing)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    (event,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert event["level"] == "error" and event["logger"] == "trawl"
+    assert event["message"] == f"{missing}: cannot read: No such file or directory"
+    text = subprocess.run([sys.executable, "-m", "trawl", "run", "-c", str(missing)],
+                          capture_output=True, text=True, timeout=30)
+    assert text.returncode == 1
+    assert text.stderr == f"error: {missing}: cannot read: No such file or directory\n"

@@ -19,10 +19,9 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
-from trawl.testing import ExpositionServer
 
 from tests.servers import free_port, require_binary, wait_until
-from tests.servers.trawl_process import TrawlProcess, closed_port, scrape_config
+from tests.servers.trawl_process import TargetServer, TrawlProcess, closed_port, scrape_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +37,19 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory) -> Iterator[tuple[TrawlProcess, str, str]]:
-    """A running trawl with one up and one down target: ``(process, up_url, down_url)``."""
+def instance(tmp_path_factory) -> Iterator[tuple[TrawlProcess, str, str, TargetServer]]:
+    """A running trawl with one up and one down target:
+    ``(process, up_url, down_url, up_server)``."""
     workdir = tmp_path_factory.mktemp("targets_page")
     port = free_port()
-    with ExpositionServer(EXPOSITION) as up:
+    with TargetServer(200, EXPOSITION) as up:
         down = f"127.0.0.1:{closed_port()}"
         config = scrape_config(port, [up.address, down], workdir / "out.jsonl",
                                labels={"team": "infra", "env": "test"})
         with TrawlProcess(workdir, config, http_port=port) as trawl:
             up_url, down_url = f"http://{up.address}/metrics", f"http://{down}/metrics"
             trawl.wait_health({up_url: "up", down_url: "down"})
-            yield trawl, up_url, down_url
+            yield trawl, up_url, down_url, up
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def load(driver, url: str, count: int) -> None:
 
 
 def test_page_shows_up_and_down_targets_with_the_error(instance, browser):
-    trawl, up_url, down_url = instance
+    trawl, up_url, down_url, _ = instance
     load(browser, f"{trawl.url}/targets", 2)
     shown = rows(browser)
     assert shown[up_url] == {"health": "up", "error": ""}
@@ -114,7 +114,7 @@ def test_page_shows_up_and_down_targets_with_the_error(instance, browser):
 
 
 def test_filters_by_health_and_by_text(instance, browser):
-    trawl, up_url, down_url = instance
+    trawl, up_url, down_url, _ = instance
     load(browser, f"{trawl.url}/targets", 2)
     health = Select(browser.find_element(By.ID, "health"))
     health.select_by_value("down")
@@ -145,7 +145,7 @@ def test_filters_by_health_and_by_text(instance, browser):
 
 
 def test_keyboard_only(instance, browser):
-    trawl, up_url, down_url = instance
+    trawl, up_url, down_url, _ = instance
     load(browser, f"{trawl.url}/targets", 2)
     focused = []
     for _ in range(6):  # from the top of a fresh page: skip link, health, filter ...
@@ -189,18 +189,36 @@ def test_keyboard_only(instance, browser):
 
 
 def test_live_refresh_follows_the_instance(instance, browser):
-    trawl = instance[0]
+    trawl, up_url, _, server = instance
     load(browser, f"{trawl.url}/targets", 2)
-    first = browser.find_element(By.CSS_SELECTOR, "#status").text
-    # Each refresh asks the API again: the "updated" time moves on without a reload.
-    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, "#status").text != first, 12,
-               "the page to refresh itself")
+    first = browser.find_element(By.ID, "updated").text
+    assert "updated" in first
+    try:
+        # The target fails: the page shows it down, with its error, without being reloaded.
+        server.status = 503
+        wait_until(lambda: rows(browser)[up_url]["health"] == "down", 15,
+                   "the page to show the target down")
+        assert rows(browser)[up_url]["error"] == \
+            "server returned HTTP status 503 Service Unavailable"
+        assert browser.find_element(By.ID, "summary").text == "2 targets, 2 down"
+    finally:
+        server.status = 200
+    wait_until(lambda: rows(browser)[up_url] == {"health": "up", "error": ""}, 15,
+               "the page to show the target up again")
+    assert browser.find_element(By.ID, "updated").text != first
     assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
-    # Paused, it stops asking.
-    browser.find_element(By.ID, "live").click()
-    assert browser.find_element(By.ID, "live").get_attribute("aria-pressed") == "false"
-    browser.find_element(By.ID, "live").click()
-    assert browser.find_element(By.ID, "live").get_attribute("aria-pressed") == "true"
+    # The Live button pauses and resumes the refresh.
+    live = browser.find_element(By.ID, "live")
+    live.click()
+    assert (live.get_attribute("aria-pressed"), live.text) == ("false", "Paused")
+    assert browser.execute_script("return timer") is None  # no refresh is scheduled
+    browser.execute_script("window.__asked = 0; const f = window.fetch;"
+                           "window.fetch = (...a) => { window.__asked++; return f(...a); };")
+    live.click()
+    assert (live.get_attribute("aria-pressed"), live.text) == ("true", "Live")
+    wait_until(lambda: browser.execute_script("return window.__asked") >= 1, 5,
+               "a refresh on resuming")
+    assert browser.execute_script("return timer") is not None
 
 
 def test_narrow_screen(instance, browser):

@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            _error(args, problem)
         return 1
     except (PluginError, TrawlError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return 1
     except KeyboardInterrupt:
         return 0
@@ -70,26 +70,44 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _error(args: argparse.Namespace, message: str) -> None:
+    """``error: message`` on standard error; a log event with ``--log-format json``, so that
+    a log collector reading trawl's standard error gets only JSON lines."""
+    if args.log_format == "json":
+        logging.getLogger("trawl").error("%s", message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
 def _argparser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trawl", description="Discover targets, scrape them, "
                                 "write the samples to InfluxDB (or elsewhere).")
     p.add_argument("--version", action="version", version=f"trawl {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    levels = ["debug", "info", "warning", "error"]
+    p.add_argument("--log-level", default="info", choices=levels)
     p.add_argument("--log-format", default="text", choices=list(_logging.FORMATS),
                    help="text: one line per event, for people (default); "
                    "json: one JSON object per line")
+    # The same options are accepted after the command too (``trawl run --log-level debug``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
+    common.add_argument("--log-format", default=argparse.SUPPRESS,
+                        choices=list(_logging.FORMATS))
     sub = p.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("plugins", help="list installed plugins and what they register")
+    sp = sub.add_parser("plugins", parents=[common],
+                        help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    sc = sub.add_parser("check", help="validate a configuration file")
+    sc = sub.add_parser("check", parents=[common], help="validate a configuration file")
     sc.add_argument("config")
-    sd = sub.add_parser("discover", help="print discovered targets as JSON lines")
+    sd = sub.add_parser("discover", parents=[common],
+                        help="print discovered targets as JSON lines")
     sd.add_argument("-c", "--config", required=True)
     sd.add_argument("--once", action="store_true", help="print the first snapshot and exit")
-    sr = sub.add_parser("run", help="discover, scrape and write")
+    sr = sub.add_parser("run", parents=[common], help="discover, scrape and write")
     sr.add_argument("-c", "--config", default=None,
                     help="configuration file (default: the embedded default)")
-    st = sub.add_parser("targets", help="print a running trawl's targets as a table")
+    st = sub.add_parser("targets", parents=[common],
+                        help="print a running trawl's targets as a table")
     st.add_argument("--url", default=os.environ.get("TRAWL_URL", DEFAULT_URL),
                     help="the instance's HTTP address (default: $TRAWL_URL or %(default)s)")
     st.add_argument("--scrape-pool", action="append", default=[], metavar="NAME",
@@ -103,7 +121,8 @@ def _argparser() -> argparse.ArgumentParser:
     st.add_argument("--ca-file", default="", help="CA certificates to verify an HTTPS instance")
     st.add_argument("--timeout", type=float, default=10.0,
                     help="seconds to wait for the answer (default: %(default)s)")
-    spa = sub.add_parser("parse", help="parse an exposition file and print its samples as "
+    spa = sub.add_parser("parse", parents=[common],
+                         help="parse an exposition file and print its samples as "
                          "JSON arrays [name, {labels}, value, timestamp_ms]")
     spa.add_argument("path", help="file to parse, or - for standard input")
     spa.add_argument("--content-type", default="text/plain; version=0.0.4",

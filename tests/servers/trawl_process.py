@@ -7,17 +7,81 @@ it by PID with SIGINT (SIGKILL after a grace period).
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from . import free_port, wait_until
+
+
+class TargetServer:
+    """A loopback HTTP target whose answer the test changes while it runs.
+
+    Every request gets ``status`` (settable): 200 with ``body``, otherwise an error whose
+    body echoes the request's ``Authorization`` (decoded too) and ``X-Consul-Token``
+    headers, as a careless server might. ``authorizations`` records those headers.
+    Use as a context manager, or call `close`.
+    """
+
+    def __init__(self, status: int = 200, body: str = "# TYPE up_total counter\nup_total 1\n"
+                 ) -> None:
+        self.status = status
+        self.body = body
+        self.authorizations: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                consul = self.headers.get("X-Consul-Token", "")
+                outer.authorizations.append(auth)
+                if consul:
+                    outer.authorizations.append(f"X-Consul-Token {consul}")
+                if outer.status == 200:
+                    body = outer.body.encode()
+                else:
+                    decoded = ""
+                    if auth.startswith("Basic "):
+                        decoded = base64.b64decode(auth[6:]).decode(errors="replace")
+                    body = (f"denied: Authorization: {auth} ({decoded}), "
+                            f"X-Consul-Token: {consul}\n").encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{self.address}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> TargetServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def closed_port() -> int:
