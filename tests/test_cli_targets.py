@@ -203,3 +203,51 @@ def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
                     down_lines[0])
     # ... and it is erased on the way out: the last thing written is the "stopped" line.
     assert text.rstrip("\r\n").endswith("trawl: stopped")
+
+
+def test_targets_over_https_with_a_ca_file(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = (tmp_path / n for n in ("cert.pem", "key.pem", "ca.pem"))
+    cert.private_key_pem.write_to_path(str(key_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    with ExpositionServer(EXPOSITION) as up:
+        config = with_auth(scrape_config(port, [up.address], tmp_path / "out.jsonl"), port)
+        config = config.replace("[http]\n", f'[http]\n  https-enabled = true\n'
+                                f'  https-certificate = "{cert_file}"\n'
+                                f'  https-private-key = "{key_file}"\n')
+        with TrawlProcess(tmp_path, config):
+            url = f"https://127.0.0.1:{port}"
+            env = {"TRAWL_USERNAME": "ops", "TRAWL_PASSWORD": "pa55-word"}
+            wait_until(lambda: trawl_cli("targets", "--url", url, "--ca-file", str(ca_file),
+                                         env=env).returncode == 0, 20, "trawl over HTTPS")
+            ok = trawl_cli("targets", "--url", url, "--ca-file", str(ca_file), env=env)
+            unverified = trawl_cli("targets", "--url", url, env=env)
+    assert f"http://{up.address}/metrics" in ok.stdout
+    assert unverified.returncode == 1
+    assert unverified.stderr.startswith(f"error: cannot reach trawl at {url}: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+
+
+def test_status_text_fits_the_terminal(tmp_path):
+    import tomllib
+
+    from trawl._config import parse_config
+    from trawl._host import Host
+    from trawl._status import human_bytes, status_text
+    from trawl.testing import make_registry
+
+    registry = make_registry()
+    text = scrape_config(free_port(), ["127.0.0.1:1"], tmp_path / "out.jsonl")
+    host = Host(parse_config(tomllib.loads(text), registry), registry)
+    line = status_text(host, 1234.4)
+    assert line == ("trawl · targets 0 up, 0 down · 1,234 samples/s · "
+                    "sink out: queue 0, spool 0 B · starting")
+    short = status_text(host, 1234.4, width=30)
+    assert short == "trawl · targets 0 up, 0 down…" and len(short) == 29
+    assert [human_bytes(n) for n in (0, 1023, 1536, 20 << 20, 3 << 40)] == \
+        ["0 B", "1023 B", "1.5 KiB", "20 MiB", "3072 GiB"]
