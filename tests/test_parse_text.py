@@ -118,8 +118,18 @@ def test_fast_path_reads_the_common_layout(parser) -> None:
     assert math.isnan(fast.samples[1][1])
 
 
+def test_blank_lines_keep_the_fast_path(parser) -> None:
+    body = b"\n\na 1\n\n\nb 2\n\n"
+    assert _fast_text(body) == parser.parse(body)
+    assert _fast_text(body) is not None
+    assert read_both(parser, body)[0] == [("a", {}, "1", None), ("b", {}, "2", None)]
+    # ... but a label value holding a blank line is read exactly.
+    body = b'foo{a="x} 1\n\nb{c="} 2\n'
+    assert _fast_text(body) is None
+    assert parser.parse_all(body) == [("foo", {"a": "x} 1\n\nb{c="}, 2.0, None)]
+
+
 @pytest.mark.parametrize("body", [
-    b"a 1\n\nb 2\n",              # blank line
     b" a 1\n",                    # leading space
     b"a\t1\n",                    # tab separator
     b"a 1 \n",                    # trailing space

@@ -649,6 +649,7 @@ _TEXT_COMMENTS = re.compile(
 )
 _STRINGS_CLOSED = re.compile(r'[^"]*+(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"]*+)*+\Z', re.S)
 _SURROGATE = re.compile("[\udc80-\udcff]")
+_BLANK_LINES = re.compile("\n\n+")
 
 
 def decode_body(body: bytes) -> str | None:
@@ -678,7 +679,16 @@ def _fast_text(body: bytes) -> Scraped | None:
     found = _TEXT_SAMPLE.findall(text)
     comments = _TEXT_COMMENTS.findall(text)
     if len(found) + len(comments) != text.count("\n") - 1:
-        return None  # a blank line, or a line that is neither a plain sample nor a comment
+        # Some line is neither a plain sample nor a comment. Blank lines are allowed (and
+        # dropping them changes no label value: a value that held one would be caught
+        # open below); anything else is for the exact parser.
+        if "\n\n" not in text:
+            return None
+        text = _BLANK_LINES.sub("\n", text)
+        found = _TEXT_SAMPLE.findall(text)
+        comments = _TEXT_COMMENTS.findall(text)
+        if len(found) + len(comments) != text.count("\n") - 1:
+            return None
     series = list(map(_first, found))
     if "\\" in text:
         suspects = [s for s in series if s.count('"') & 1 or "\\" in s]
