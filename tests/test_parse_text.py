@@ -18,6 +18,7 @@ from trawl._parsing import (
     ParseError,
     PrometheusTextParser,
     _fast_text,
+    _line_by_line,
     format_value,
     go_float,
 )
@@ -145,6 +146,22 @@ def test_blank_lines_keep_the_fast_path(parser) -> None:
 def test_unusual_bodies_take_the_exact_path(body, parser) -> None:
     assert _fast_text(body) is None
     read_both(parser, body)  # and both routes still agree
+
+
+def test_a_few_unusual_lines_are_read_one_by_one(parser) -> None:
+    """Only the unusual lines go through the exact parser (the middle path)."""
+    body = b'# TYPE a gauge\na{x="1"} 1\nb\t2\t17\n#  HELP c x\nc{ y = "2" } 3\n'
+    assert _fast_text(body) is None
+    middle = _line_by_line(body)
+    assert middle is not None
+    assert middle.samples == [('a{x="1"}', 1.0, None), ("b", 2.0, 17), ('c{ y = "2" }', 3.0, None)]
+    assert middle.types == {"a": "gauge"}
+    assert read_both(parser, body)[0] is not None
+    with pytest.raises(ParseError, match=r"^line 3: expected timestamp or new record"):
+        _line_by_line(b"a 1\nb 2\nc\t3 x\n")
+    # Lines that cannot be read apart: the exact parser reads the whole body.
+    assert _line_by_line(b'foo{a="x} 1\nb{c="} 2\n') is None
+    assert _line_by_line(b"a 1\n\x00\nb 2\n") is None
 
 
 def test_label_value_spanning_lines_is_one_sample(parser) -> None:

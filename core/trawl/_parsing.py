@@ -2,16 +2,18 @@
 
 The text parser accepts and rejects exactly what Prometheus 2.42 does (its lexer
 ``promlex.l``, its parser ``promparse.go`` and the label checks of its scrape loop), and reads
-the same names, labels, values and timestamps. It has two paths:
+the same names, labels, values and timestamps. It has three paths:
 
 - a fast path for the ordinary layout (one space between series, value and timestamp,
   ``# HELP``/``# TYPE`` written the usual way, no blank lines, no NUL bytes, valid UTF-8):
   a few C-level regular expression passes over the whole body, then one float per sample.
   Series text is not checked here: `PrometheusTextParser.parse_series` checks it on a
   scrape-cache miss, and a series text seen in a successful scrape is known to be valid.
-- an exact path, taken when anything in the body is unusual: a byte-level reimplementation
-  of Prometheus's lexer and parser, written from their rules, which also produces
-  Prometheus's error text (with a line number added).
+- a middle path when some lines are unusual: the usual lines as above, each unusual line
+  through the exact parser on its own (lines are independent in this format, except for
+  NUL bytes and quoted label values that run on over a newline, which take the exact path);
+- an exact path: a byte-level reimplementation of Prometheus's lexer and parser, written
+  from their rules, which also produces Prometheus's error text (with a line number added).
 """
 
 from __future__ import annotations
@@ -705,6 +707,52 @@ def _fast_text(body: bytes) -> Scraped | None:
     return Scraped(list(zip(series, map(float, map(_second, found)), repeat(None))), types)
 
 
+_LINE_SAMPLE = re.compile(
+    r"([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{.*\})?) (" + VALUE_FAST + r")(?: ([0-9]{1,18}))?\Z")
+_LINE_TYPE = re.compile(
+    r"\# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)\Z")
+_LINE_COMMENT = re.compile(r"\# HELP [a-zA-Z_:]|\#(?![ \t]+(?:HELP|TYPE)[ \t])")
+
+
+def _line_by_line(body: bytes) -> Scraped | None:
+    """The middle path, for a body with a few unusual lines: usual lines as the fast path
+    reads them, each unusual one through the exact parser on its own. ``None`` when lines
+    cannot be read apart (NUL bytes, bad UTF-8, a quoted label value that may run on to
+    the next line)."""
+    text = decode_body(body)
+    if text is None:
+        return None
+    samples: list[RawSample] = []
+    append = samples.append
+    types: dict[str, str] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        m = _LINE_SAMPLE.match(line)
+        if m is not None:
+            series, value, ts = m.groups()
+            if ('"' in series or "\\" in series) and not _STRINGS_CLOSED.match(series):
+                return None
+            append((series, float(value), int(ts) if ts else None))
+            continue
+        m = _LINE_TYPE.match(line)
+        if m is not None:
+            types[m.group(1)] = m.group(2)
+            continue
+        if _LINE_COMMENT.match(line):
+            continue
+        if ('"' in line or "\\" in line) and not _STRINGS_CLOSED.match(line):
+            return None
+        exact = _ExactText(line.encode(), full=False)
+        try:
+            exact.run()
+        except ParseError as exc:
+            raise ParseError(f"line {lineno}: {str(exc).split(': ', 1)[1]}") from None
+        samples += exact.samples
+        types.update(exact.types)
+    return Scraped(samples, types)
+
+
 class _TypeLines:
     """The families' types from the fast path's comment matches, read when asked for."""
 
@@ -736,6 +784,8 @@ class PrometheusTextParser(Parser):
 
     def parse(self, body: bytes) -> Scraped:
         scraped = _fast_text(body)
+        if scraped is None:
+            scraped = _line_by_line(body)
         if scraped is None:
             exact = _ExactText(body, full=False)
             exact.run()
