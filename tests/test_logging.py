@@ -187,7 +187,7 @@ def test_config_secrets_finds_every_secret_field():
 
 
 def test_masker_masks_messages_extras_tracebacks_and_encoded_forms():
-    masker = SecretMasker(["s3cr/et!", b64("alice", "s3cr/et!")])
+    masker = SecretMasker(["s3cr/et!", b64("alice", "s3cr/et!"), 'q"uo\\te'])
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(masker)
@@ -199,6 +199,9 @@ def test_masker_masks_messages_extras_tracebacks_and_encoded_forms():
         log.warning("password is %s", "s3cr/et!", extra={"url": "http://x/?p=s3cr%2Fet%21",
                                                        "headers": {"a": "s3cr/et!"}})
         log.warning("header Basic %s", b64("alice", "s3cr/et!"))
+        log.warning("body %s", json.dumps({"password": 'q"uo\\te'}), extra={
+            "parsed": {"password": 'q"uo\\te'}})
+        log.warning("bad format %d", "s3cr/et!")
         try:
             raise RuntimeError("failed with s3cr/et!")
         except RuntimeError:
@@ -212,7 +215,11 @@ def test_masker_masks_messages_extras_tracebacks_and_encoded_forms():
     assert events[0]["url"] == f"http://x/?p={MASK}"
     assert events[0]["headers"] == json.dumps({"a": MASK})
     assert events[1]["message"] == f"header Basic {MASK}"
-    assert events[2]["exception"].endswith(f"RuntimeError: failed with {MASK}")
+    assert events[2]["message"] == 'body {"password": "********"}'
+    assert events[2]["parsed"] == '{"password": "********"}'
+    assert events[3]["message"] == "bad format %d (with arguments ('********',))"
+    assert "uo" not in out
+    assert events[4]["exception"].endswith(f"RuntimeError: failed with {MASK}")
 
 
 # ------------------------------------------------------------------ a real trawl run

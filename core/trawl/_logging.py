@@ -116,9 +116,10 @@ def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 class SecretMasker(logging.Filter):
     """Replaces every known secret in a record by ``********`` (a handler filter).
 
-    The message is rendered (``msg % args``) and masked; string extras and the traceback
-    are masked too. Each secret is also masked in its URL-encoded form, and
-    ``username:password`` pairs in their base64 form (a Basic ``Authorization`` header).
+    The message is rendered (``msg % args``) and masked; extra fields and the traceback
+    are masked too. Each secret is also masked URL-encoded and JSON-escaped, and
+    `config_secrets` adds ``username:password`` pairs in their base64 form (a Basic
+    ``Authorization`` header).
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -138,6 +139,7 @@ class SecretMasker(logging.Filter):
             if secret:
                 found.add(secret)
                 found.add(quote(secret, safe=""))
+                found.add(json.dumps(secret, ensure_ascii=False)[1:-1])  # inside JSON text
         with self._lock:
             # Longest first, so that a secret containing another is masked whole.
             self._secrets = tuple(sorted(found, key=lambda s: (-len(s), s)))
@@ -151,7 +153,11 @@ class SecretMasker(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
-        record.msg = self.mask(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not break the caller
+            message = f"{record.msg} (with arguments {record.args!r})"
+        record.msg = self.mask(message)
         record.args = None
         for key, value in extras(record).items():
             if isinstance(value, str):
