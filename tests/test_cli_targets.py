@@ -5,6 +5,7 @@ when standard error is a file."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from trawl.testing import ExpositionServer
@@ -151,7 +152,14 @@ def test_run_without_a_terminal_writes_plain_log_lines(instance):
     assert sum(f"target {down_url} is down" in line for line in lines) == 1
 
 
-def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
+def run_on_a_terminal(tmp_path, args: tuple[str, ...], done: Callable[[str], bool]
+                      ) -> tuple[int, str, str]:
+    """Run trawl (one up and one down target) with standard error on a pseudo-terminal
+    160 columns wide until ``done(screen)``, then SIGINT it.
+
+    Returns:
+      The exit code, everything written to the terminal, and the down target's address.
+    """
     port = free_port()
     with ExpositionServer(EXPOSITION) as up:
         down = f"127.0.0.1:{closed_port()}"
@@ -159,7 +167,7 @@ def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
         config.write_text(scrape_config(port, [up.address, down], tmp_path / "out.jsonl"))
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
-        proc = subprocess.Popen([sys.executable, "-m", "trawl", "run", "-c", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "trawl", *args, "run", "-c", str(config)],
                                 cwd=tmp_path, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=slave)
         os.close(slave)
@@ -167,30 +175,34 @@ def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                ready, _, _ = select.select([master], [], [], 0.2)
-                if ready:
+                if select.select([master], [], [], 0.2)[0]:
                     screen += os.read(master, 65536)
-                text = screen.decode(errors="replace")
-                if re.search(r"targets 1 up, 1 down · [1-9][\d,]* samples/s", text) \
-                        and "is down" in text:
+                if done(screen.decode(errors="replace")):
                     break
             proc.send_signal(signal.SIGINT)
             end = time.monotonic() + 15
-            while proc.poll() is None or select.select([master], [], [], 0)[0]:
-                if time.monotonic() > end:
-                    break
+            while time.monotonic() < end:
                 if select.select([master], [], [], 0.2)[0]:
                     try:
-                        screen += os.read(master, 65536)
-                    except OSError:  # the terminal's other end is closed
+                        chunk = os.read(master, 65536)
+                    except OSError:  # the terminal's other end is closed: trawl is gone
                         break
+                    screen += chunk
+                elif proc.poll() is not None:
+                    break
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(5)
             os.close(master)
-    text = screen.decode(errors="replace")
-    assert proc.returncode == 0
+    return proc.returncode, screen.decode(errors="replace"), down
+
+
+def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
+    status = re.compile(r"targets 1 up, 1 down · [1-9][\d,]* samples/s")
+    code, text, down = run_on_a_terminal(
+        tmp_path, (), lambda screen: bool(status.search(screen)) and "is down" in screen)
+    assert code == 0
     # The status line is drawn in place (carriage return, erase line) ...
     statuses = re.findall(r"\r\x1b\[K(trawl · [^\r\n]*)", text)
     assert any(re.fullmatch(r"trawl · targets 1 up, 1 down · [1-9][\d,]* samples/s · "
@@ -203,6 +215,19 @@ def test_run_on_a_terminal_shows_a_live_status_line(tmp_path):
                     down_lines[0])
     # ... and it is erased on the way out: the last thing written is the "stopped" line.
     assert text.rstrip("\r\n").endswith("trawl: stopped")
+
+
+def test_run_on_a_terminal_with_json_logs_has_no_status_line(tmp_path):
+    # (A status line would be drawn at once, before the first scrape.)
+    code, text, down = run_on_a_terminal(
+        tmp_path, ("--log-format", "json"), lambda screen: "is down" in screen)
+    assert code == 0
+    assert "\x1b" not in text and "samples/s" not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    assert any(e["message"] == f"target http://{down}/metrics is down: connection failed: "
+               f"[Errno 111] Error connecting to ('127.0.0.1', {down.split(':')[1]}): "
+               "Connection refused" for e in events), events
+    assert events[-1]["message"] == "stopped"
 
 
 def test_targets_over_https_with_a_ca_file(tmp_path):

@@ -239,7 +239,8 @@ async def _discover(config: Config, once: bool) -> None:
 async def _run(config: Config, registry: Registry,
                source: Callable[[], Config] | None = None,
                logs: _logging.Logging | None = None) -> None:
-    """Run a host; a terminal on standard error gets the live status line.
+    """Run a host; a terminal on standard error gets the live status line (not with
+    ``--log-format json``).
 
     Args:
       source: Reads the configuration again, for reloads.
@@ -259,7 +260,7 @@ async def _run(config: Config, registry: Registry,
     log = logging.getLogger("trawl")
     log.info("%s", config.summary())
     async with trio.open_nursery() as nursery:
-        if logs is not None and _logging.isatty(logs.handler.stream):
+        if logs is not None and logs.interactive:
             nursery.start_soon(run_status, host, logs.handler)
         await host.run()
         nursery.cancel_scope.cancel()

@@ -252,9 +252,15 @@ class TerminalHandler(logging.StreamHandler[TextIO]):
 class Logging:
     """trawl's logging as `setup` installed it: the handler and the secret masker."""
 
-    def __init__(self, handler: TerminalHandler, masker: SecretMasker) -> None:
+    def __init__(self, handler: TerminalHandler, masker: SecretMasker, fmt: str) -> None:
         self.handler = handler
         self.masker = masker
+        self.format = fmt
+
+    @property
+    def interactive(self) -> bool:
+        """Text logs to a terminal: the place for a live status line."""
+        return self.format == "text" and isatty(self.handler.stream)
 
 
 def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> Logging:
@@ -284,7 +290,7 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
     # logs trace every socket operation: never shown.
     logging.getLogger("httpx").setLevel(logging.INFO if level == "debug" else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    return Logging(handler, masker)
+    return Logging(handler, masker, fmt)
 
 
 def isatty(stream: TextIO) -> bool:
