@@ -461,10 +461,12 @@ class SinkRunner:
         self.stats.last_error = str(exc)
 
     def backoff_delay(self, exc: SinkError | None) -> float:
-        """The next wait: ``Retry-After`` when given, else the backoff with ±50% jitter."""
+        """The next wait: ``Retry-After`` when given (at most an hour), else a random
+        time between half and all of the current interval ("equal jitter"), which
+        doubles after each failure up to ``retry-max-interval``."""
         if exc is not None and exc.retry_after is not None:
             return min(max(exc.retry_after, 0.0), 3600.0)
-        return min(self._backoff * random.uniform(0.5, 1.5), self.retry_max)
+        return min(self._backoff, self.retry_max) * random.uniform(0.5, 1.0)
 
     async def _sleep_backoff(self, exc: SinkError | None) -> None:
         delay = self.backoff_delay(exc)
