@@ -5,7 +5,7 @@ The text parser accepts and rejects exactly what Prometheus 2.42 does (its lexer
 the same names, labels, values and timestamps. It has three paths:
 
 - a fast path for the ordinary layout (one space between series, value and timestamp,
-  ``# HELP``/``# TYPE`` written the usual way, no blank lines, no NUL bytes, valid UTF-8):
+  ``# HELP``/``# TYPE`` written the usual way, no NUL bytes, valid UTF-8):
   a few C-level regular expression passes over the whole body, then one float per sample.
   Series text is not checked here: `PrometheusTextParser.parse_series` checks it on a
   scrape-cache miss, and a series text seen in a successful scrape is known to be valid.
