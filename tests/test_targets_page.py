@@ -54,6 +54,9 @@ def instance(tmp_path_factory) -> Iterator[tuple[TrawlProcess, str, str, TargetS
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator[webdriver.Chrome]:
+    # Debian's browser and driver, given by path: Selenium Manager (which could download
+    # them) is never needed, and is told to stay offline anyway.
+    os.environ.setdefault("SE_OFFLINE", "true")
     chromium = require_binary("/usr/bin/chromium")
     driver_path = require_binary("/usr/bin/chromedriver")
     options = Options()
