@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -120,3 +121,47 @@ def parser_kind(content_type: str) -> str:
 
     cls = collect(get_plugin_manager(load_entrypoints=False)).parser_for(content_type)
     return cls.kind if cls is not None else "prometheus-text"
+
+
+_NAMES = ["a", "foo_total", "h_bucket", ":c", "x1"]
+_VALUES = ["1", "-0", "2.5e-3", "NaN", "+Inf", "-Inf", ".5", "5.", "1e21", "007", "-1.5E+2",
+           "inf", "1e-7"]
+_LABEL_PIECES = [*"ab {}=,#é }", "\\\\", '\\"', "\\n"]
+_EDIT_BYTES = b' \t\n"\\{},=#x0.\x00\xff\r'
+
+
+def generated_cases(seed: int, count: int) -> list[Case]:
+    """Random near-valid bodies: valid lines, often with one byte inserted, deleted or
+    replaced; half text format, half OpenMetrics. Deterministic for a seed."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        om = i % 2 == 1
+        lines = []
+        for _ in range(rng.randint(1, 6)):
+            name = rng.choice(_NAMES)
+            if rng.random() < 0.2:
+                word = rng.choice(["HELP", "TYPE", "UNIT"] if om else ["HELP", "TYPE"])
+                text = {"HELP": "help text", "TYPE": rng.choice(["gauge", "counter"]),
+                        "UNIT": ""}[word]
+                lines.append(f"# {word} {name} {text}")
+                continue
+            labels = {rng.choice(["x", "y", "le", "_z"]): "".join(
+                rng.choice(_LABEL_PIECES) for _ in range(rng.randint(0, 4)))
+                for _ in range(rng.randint(0, 3))}
+            inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            line = f"{name}{{{inner}}} " if labels or rng.random() < 0.3 else f"{name} "
+            line += rng.choice(_VALUES)
+            if om and name in ("foo_total", "h_bucket") and rng.random() < 0.3:
+                line += ' # {t="x"} 0.5'
+            lines.append(line)
+        body = ("\n".join(lines) + "\n" + ("# EOF\n" if om else "")).encode()
+        if rng.random() < 0.7:
+            pos = rng.randint(0, len(body))
+            byte = bytes([rng.choice(_EDIT_BYTES)])
+            edit = rng.choice(["insert", "delete", "replace"])
+            rest = body[pos + 1:] if edit != "insert" else body[pos:]
+            body = body[:pos] + (b"" if edit == "delete" else byte) + rest
+        cases.append(Case(f"{'om' if om else 'text'}-generated-{seed}-{i}", body,
+                          OM_CT if om else TEXT_CT))
+    return cases
