@@ -84,23 +84,24 @@ def test_json_format_is_one_object_per_line():
                      "message": 'sink out: say "hi"\nbye', "sink": "out", "points": 12}
 
 
-def test_setup_levels_and_formats():
+def test_setup_levels_and_formats_and_restore():
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, [
-        (logging.getLogger(n), logging.getLogger(n).level) for n in ("httpx", "httpcore")]
+    before = root.handlers[:], root.level, logging.getLogger("httpx").level
     stream = io.StringIO()
+    logs = setup("warning", "json", stream)
     try:
-        setup("warning", "json", stream)
+        assert root.handlers == [logs.handler]
         logging.getLogger("trawl.test").info("not shown")
         logging.getLogger("trawl.test").warning("shown %d", 1, extra={"target": "t"})
         assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == \
             ["shown 1"]
-        with pytest.raises(ValueError, match="unknown log format 'xml'"):
-            setup("info", "xml", stream)
+        assert not logs.interactive  # not a terminal
     finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        for logger, level in saved[2]:
-            logger.setLevel(level)
+        logs.restore()
+    assert (root.handlers[:], root.level, logging.getLogger("httpx").level) == before
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        setup("info", "xml", stream)
+    assert root.handlers[:] == before[0]
 
 
 # ------------------------------------------------------------------ secrets, in process
@@ -373,3 +374,13 @@ def test_log_options_after_the_command_and_config_errors_as_json(tmp_path: Path)
                           capture_output=True, text=True, timeout=30)
     assert text.returncode == 1
     assert text.stderr == f"error: {missing}: cannot read: No such file or directory\n"
+
+
+def test_main_in_process_leaves_the_callers_logging_as_it_was(capsys):
+    from trawl._cli import main
+
+    root = logging.getLogger()
+    before = root.handlers[:], root.level, logging.getLogger("httpx").level
+    assert main(["--log-level", "debug", "--log-format", "json", "plugins", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)  # the plugin list
+    assert (root.handlers[:], root.level, logging.getLogger("httpx").level) == before

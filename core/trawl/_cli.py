@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _argparser()
     args = parser.parse_args(argv)
     logs = _logging.setup(args.log_level, args.log_format)
+    try:
+        return _main(parser, args, logs)
+    finally:
+        logs.restore()
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace,
+          logs: _logging.Logging) -> int:
     if args.command == "targets":
         return _targets(args)
     try:

@@ -249,13 +249,33 @@ class TerminalHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
+_TUNED = ("httpx", "httpcore")
+
+
 class Logging:
-    """trawl's logging as `setup` installed it: the handler and the secret masker."""
+    """trawl's logging as `setup` installed it: the handler and the secret masker.
+
+    `restore` puts back the logging configuration `setup` replaced (for ``trawl.main()``
+    called inside another program, such as a test).
+    """
 
     def __init__(self, handler: TerminalHandler, masker: SecretMasker, fmt: str) -> None:
         self.handler = handler
         self.masker = masker
         self.format = fmt
+        root = logging.getLogger()
+        self._saved = (list(root.handlers), root.level,
+                       {name: logging.getLogger(name).level for name in _TUNED})
+
+    def restore(self) -> None:
+        handlers, level, levels = self._saved
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, tuned in levels.items():
+            logging.getLogger(name).setLevel(tuned)
 
     @property
     def interactive(self) -> bool:
@@ -281,6 +301,7 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter(colour=isatty(stream)))
+    logs = Logging(handler, masker, fmt)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -290,7 +311,7 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
     # logs trace every socket operation: never shown.
     logging.getLogger("httpx").setLevel(logging.INFO if level == "debug" else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    return Logging(handler, masker, fmt)
+    return logs
 
 
 def isatty(stream: TextIO) -> bool:
