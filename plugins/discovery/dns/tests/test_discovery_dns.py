@@ -122,27 +122,22 @@ def test_srv_a_aaaa_and_mx_labels_as_prometheus(dnsmasq, tmp_path):
         ("dns/srv", SRV, "web2.test.internal:18101"),
     ]
     # Prometheus 2.42 (discovery/dns/dns.go): the SRV target keeps its final dot in the
-    # label but not in the address (MX likewise); every target carries every label,
-    # empty where it does not apply.
+    # label but not in the address (MX likewise); every target gets every label, empty
+    # where it does not apply, and an empty label is no label (Prometheus's label builder,
+    # and trawl's TargetGroup.target_labels).
     assert got[4][3] == {
         "__address__": "node.test.internal:18100",
         "__meta_dns_name": SRV,
         "__meta_dns_srv_record_target": "node.test.internal.",
         "__meta_dns_srv_record_port": "18100",
-        "__meta_dns_mx_record_target": "",
     }
     assert got[0][3] == {
         "__address__": "127.0.0.1:9100",
         "__meta_dns_name": "node.test.internal",
-        "__meta_dns_srv_record_target": "",
-        "__meta_dns_srv_record_port": "",
-        "__meta_dns_mx_record_target": "",
     }
     assert got[3][3] == {
         "__address__": "mx1.test.internal:25",
         "__meta_dns_name": "mail.test.internal",
-        "__meta_dns_srv_record_target": "",
-        "__meta_dns_srv_record_port": "",
         "__meta_dns_mx_record_target": "mx1.test.internal.",
     }
 
