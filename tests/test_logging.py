@@ -173,14 +173,21 @@ def b64(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def test_config_secrets_finds_every_secret_field():
+def test_config_secrets_finds_every_secret_field(tmp_path: Path):
     import tomllib
 
-    config = parse_config(tomllib.loads(SECRETS_CONFIG), make_registry(), "secrets.toml")
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-0000\n")
+    text = SECRETS_CONFIG.replace('  bearer-token = "scrape-token-7777"\n',
+                                  '  bearer-token = "scrape-token-7777"\n'
+                                  '[[scraper]]\n  name = "from-file"\n  db = "prom"\n'
+                                  '  rp = "autogen"\n  discoverer-service = "static-discovery"\n'
+                                  f'  discoverer-id = "s"\n  bearer-token-file = "{token_file}"\n')
+    config = parse_config(tomllib.loads(text), make_registry(), "secrets.toml")
     found = set(config_secrets(config))
     plain = {"http-pass-1111", "http-token-2222", "consul-token-3333", "consul-pass-4444",
              "marathon-pass-5555", "scrape-pass-6666", "scrape-token-7777",
-             "influx-pass-8888", "influx-token-9999"}
+             "influx-pass-8888", "influx-token-9999", "file-token-0000"}
     pairs = {b64("admin", "http-pass-1111"), b64("carol", "consul-pass-4444"),
              b64("dave", "marathon-pass-5555"), b64("alice", "scrape-pass-6666"),
              b64("bob", "influx-pass-8888")}

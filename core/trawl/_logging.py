@@ -176,10 +176,14 @@ class SecretMasker(logging.Filter):
         return True
 
 
+_SECRET_FILE_MAX = 64 * 1024
+
+
 def config_secrets(config: Any) -> list[str]:
     """Every secret value in a loaded `trawl.Config`: the ``SecretStr`` fields of its
-    scrapers, discoverers, sinks, processors and ``[http]`` section, at any depth, and
-    the base64 ``username:password`` of models that have both."""
+    scrapers, discoverers, sinks, processors and ``[http]`` section, at any depth; the
+    base64 ``username:password`` of models that have both; and what the files named by
+    ``*token_file`` and ``*password_file`` keys hold now."""
     models: list[Any] = [*config.scrapers, config.http]
     models += [c for _, c in config.discoverers] + [c for _, c in config.sinks]
     models += [c for entries in config.processors.values() for _, c in entries]
@@ -199,13 +203,25 @@ def _secrets_in(value: Any) -> Iterator[str]:
                 if isinstance(password, SecretStr) and password.get_secret_value():
                     pair = f"{user}:{password.get_secret_value()}".encode()
                     yield base64.b64encode(pair).decode()
-            yield from _secrets_in(getattr(value, name, None))
+            field = getattr(value, name, None)
+            if name.endswith(("token_file", "password_file")) and isinstance(field, str) \
+                    and field:
+                yield _read_secret_file(field)
+            yield from _secrets_in(field)
     elif isinstance(value, dict):
         for v in value.values():
             yield from _secrets_in(v)
     elif isinstance(value, list | tuple | set | frozenset):
         for v in value:
             yield from _secrets_in(v)
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(_SECRET_FILE_MAX).strip()
+    except OSError:
+        return ""  # the component that reads it reports the problem
 
 
 class TerminalHandler(logging.StreamHandler[TextIO]):
