@@ -178,9 +178,13 @@ class OpenMetricsLexer:
                 self.i += 1
                 self.state = S_INIT
                 return T_LINEBREAK
-            if state == S_TIMESTAMP and self._take(_P_EXEMPLAR_START):
-                self.state = S_EXEMPLAR
-                return T_COMMENT
+            if state == S_TIMESTAMP:
+                if self._take(_P_EXEMPLAR_START):
+                    self.state = S_EXEMPLAR
+                    return T_COMMENT
+                if b.startswith(b" # ", self.i):  # the lexer gives up on " # " without "{"
+                    self.i += 3
+                    return T_INVALID
             if self._take(_P_SPACED):
                 return T_TIMESTAMP
             return T_INVALID
@@ -238,7 +242,8 @@ class _ExactOpenMetrics:
             elif t == T_MNAME:
                 self.sample()
             else:
-                cur = lx.b[lx.i:lx.i + 1] if lx.i < len(lx.b) else b""
+                # Go's string(byte): the byte as a code point.
+                cur = chr(lx.b[lx.i]).encode() if lx.i < len(lx.b) else b""
                 raise self.fail(f'"{TOKEN_NAMES[t]}" {_go_quote(cur)} is not a valid start token')
 
     def meta(self, t: int) -> None:
