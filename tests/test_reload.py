@@ -147,8 +147,11 @@ async def test_a_changed_sink_loses_no_point(tmp_path):
     two = (tmp_path / "two.lp").read_text().splitlines()
     assert one and two
     ups = [line for line in one + two if line.startswith("up,")]
-    assert len(ups) == t1.requests + t2.requests  # every scrape's points, in one file or other
-    assert len(one) + len(two) == 7 * (t1.requests + t2.requests)  # 2 samples + 5 synthetic
+    # Every scrape's points are in one file or the other. A scrape the shutdown cut short
+    # (at most one per target) was counted by its target but produced nothing.
+    requests = t1.requests + t2.requests
+    assert requests - 2 <= len(ups) <= requests
+    assert len(one) + len(two) == 7 * len(ups)  # 2 samples + 5 synthetic series a scrape
     t1.__exit__(None, None, None)
     t2.__exit__(None, None, None)
 

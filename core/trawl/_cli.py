@@ -72,6 +72,15 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace,
     except (PluginError, TrawlError) as exc:
         _error(args, str(exc))
         return 1
+    except BaseExceptionGroup as group:
+        # trawl's own errors raised inside the host's nurseries (a sink that refuses its
+        # configuration at open, say) are reported as such; anything else is a bug.
+        mine, rest = group.split((PluginError, TrawlError))
+        if rest is not None or mine is None:
+            raise
+        for leaf in _leaves(mine):
+            _error(args, str(leaf))
+        return 1
     except KeyboardInterrupt:
         return 0
     parser.print_help()
@@ -352,3 +361,10 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(
         "  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
         for r in rows)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -100,7 +100,7 @@ class Host:
             try:
                 async with trio.open_nursery() as nursery:
                     if handle_signals:
-                        nursery.start_soon(self._signals, nursery.cancel_scope)
+                        await nursery.start(self._signals, nursery.cancel_scope)
                     http = self.config.http
                     if http is not None and http.enabled:
                         context = None
@@ -216,8 +216,10 @@ class Host:
         self.pools = pools
         return changes
 
-    async def _signals(self, scope: trio.CancelScope) -> None:
+    async def _signals(self, scope: trio.CancelScope, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("received SIGHUP: reloading the configuration")

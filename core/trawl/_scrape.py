@@ -290,13 +290,15 @@ class ScrapeLoop:
             scraped = added = 0
             h.failures += 1
             if h.health != "down":
-                log.warning("target %s is down: %s", self.target.url, error)
+                log.warning("target %s is down: %s", self.target.url, error,
+                            extra={"scrape_pool": self.scraper.name, "target": self.target.url})
             h.health = "down"
             h.last_error = h.last_failure = error
             h.last_error_time = h.last_failure_time = started
         else:
             if h.health == "down":
-                log.warning("target %s is up again", self.target.url)
+                log.warning("target %s is up again", self.target.url,
+                            extra={"scrape_pool": self.scraper.name, "target": self.target.url})
             h.health = "up"
             h.last_error = ""
         post = len(points)
