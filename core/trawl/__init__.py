@@ -28,6 +28,7 @@ from ._model import (
     ProcessorConfig,
     SectionModel,
     SinkConfig,
+    parse_byte_size,
 )
 from ._parsing import ParseError, Parser, PrometheusTextParser, Scraped
 from ._plugins import (
@@ -87,6 +88,7 @@ __all__ = [
     "hookspec",
     "list_plugins",
     "load_config",
+    "parse_byte_size",
     "parse_config",
     "parse_duration",
 ]

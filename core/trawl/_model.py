@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
 
 from ._duration import format_duration, parse_duration
 
@@ -73,11 +73,17 @@ class DiscovererConfig(SectionModel):
 
 
 class SinkConfig(SectionModel):
-    """Keys every sink section has (Kapacitor's ``enabled``, ``name`` and ``default``)."""
+    """Keys every sink section has: Kapacitor's ``enabled``, ``name`` and ``default``, and
+    the delivery keys trawl's sink runner reads for every sink (queue, spool, retries)."""
 
     enabled: bool = True
     name: str = ""
     default: bool = False
+    queue_size: int = Field(default=100_000, ge=1)
+    spool_dir: str = ""
+    spool_max_size: ByteSize = 512 << 20
+    retry_initial_interval: Duration = 0.5
+    retry_max_interval: Duration = 30.0
 
 
 class ProcessorConfig(SectionModel):

@@ -14,7 +14,7 @@ import trawl
 import trio
 from pydantic import ValidationError
 from trawl import Batch, Series, get_plugin_manager, list_plugins
-from trawl_sink_influxdb import InfluxDBConfig, InfluxDBSink, parse_size
+from trawl_sink_influxdb import InfluxDBConfig, InfluxDBSink
 from trawl_sink_influxdb._sink import classify, rejected_lines, retry_after
 
 from tests.servers import free_port
@@ -73,7 +73,7 @@ def test_kapacitor_keys_are_accepted_and_defaults_hold():
     ({"ssl-cert": "/c.pem"}, "together"),
     ({"ssl-ca": "/nonexistent/ca.pem"}, "ssl-ca '/nonexistent/ca.pem': no such file"),
     ({"token": "t", "username": "u"}, "not both"),
-    ({"spool-max-size": "lots"}, "not a size"),
+    ({"spool-max-size": "lots"}, "invalid size"),
     ({"batch-size": 0}, "greater than or equal to 1"),
     ({"retention": "1d"}, "Extra inputs"),
 ])
@@ -104,7 +104,7 @@ def test_secrets_stay_secret():
     ("1.5 KB", 1536), ("100", 100),
 ])
 def test_sizes(value, size):
-    assert parse_size(value) == size
+    assert trawl.parse_byte_size(value) == size
 
 
 def test_error_answers_are_classified():

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import trawl
 
-from ._config import InfluxDBConfig, parse_size
+from ._config import InfluxDBConfig
 from ._sink import InfluxDBSink
 
-__all__ = ["InfluxDBConfig", "InfluxDBSink", "parse_size"]
+__all__ = ["InfluxDBConfig", "InfluxDBSink"]
 
 
 @trawl.hookimpl

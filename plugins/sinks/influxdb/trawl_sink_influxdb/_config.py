@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import trawl
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 DEFAULT_TIMEOUT = 10.0
 _NAME = re.compile(r"^[-._\w]+$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string such as ``"512MB"``, ``"1GiB"``, ``"64k"``.
-
-    Units are powers of 1024 (``KB`` = ``KiB`` = 1024 bytes), as in InfluxDB's own
-    configuration.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ValueError(f'{value!r} is not a size (write bytes, or e.g. "512MB", "1GiB")')
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
 class InfluxDBConfig(trawl.SinkConfig):
@@ -64,12 +40,7 @@ class InfluxDBConfig(trawl.SinkConfig):
     batch_size: int = Field(5000, ge=1)
     flush_interval: trawl.Duration = 1.0
     gzip: bool = True
-    # delivery (the runner reads these)
-    queue_size: int = Field(100_000, ge=1)
-    spool_dir: str = ""
-    spool_max_size: ByteSize = 512 << 20
-    retry_initial_interval: trawl.Duration = 0.5
-    retry_max_interval: trawl.Duration = 30.0
+    # queue-size, spool-dir, spool-max-size, retry-*: every sink's (trawl.SinkConfig)
     # Kapacitor's, accepted and unused
     startup_timeout: trawl.Duration = 300.0
     disable_subscriptions: bool = False
