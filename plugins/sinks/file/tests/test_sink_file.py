@@ -5,9 +5,8 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 import trawl
+from pydantic import ValidationError
 from trawl_sink_file import FileSink, FileSinkConfig
 
 README = Path(__file__).parents[1] / "README.md"
