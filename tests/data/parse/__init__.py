@@ -127,12 +127,12 @@ _NAMES = ["a", "foo_total", "h_bucket", ":c", "x1"]
 _VALUES = ["1", "-0", "2.5e-3", "NaN", "+Inf", "-Inf", ".5", "5.", "1e21", "007", "-1.5E+2",
            "inf", "1e-7"]
 _LABEL_PIECES = [*"ab {}=,#é }", "\\\\", '\\"', "\\n"]
-_EDIT_BYTES = b' \t\n"\\{},=#x0.\x00\xff\r'
+_EDIT_BYTES = b' \t\n"\\{},=#x0.\x00\xff\r e+-I_p:9'
 
 
 def generated_cases(seed: int, count: int) -> list[Case]:
-    """Random near-valid bodies: valid lines, often with one byte inserted, deleted or
-    replaced; half text format, half OpenMetrics. Deterministic for a seed."""
+    """Random near-valid bodies: valid lines, mostly with one to three bytes inserted,
+    deleted or replaced; half text format, half OpenMetrics. Deterministic for a seed."""
     rng = random.Random(seed)
     cases = []
     for i in range(count):
@@ -156,7 +156,7 @@ def generated_cases(seed: int, count: int) -> list[Case]:
                 line += ' # {t="x"} 0.5'
             lines.append(line)
         body = ("\n".join(lines) + "\n" + ("# EOF\n" if om else "")).encode()
-        if rng.random() < 0.7:
+        for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
             pos = rng.randint(0, len(body))
             byte = bytes([rng.choice(_EDIT_BYTES)])
             edit = rng.choice(["insert", "delete", "replace"])
