@@ -30,7 +30,8 @@ from ._model import (
     SinkConfig,
     parse_byte_size,
 )
-from ._parsing import ParseError, Parser, PrometheusTextParser, Scraped
+from ._openmetrics import OpenMetricsParser
+from ._parsing import ParseError, Parser, PrometheusTextParser, Scraped, format_value
 from ._plugins import (
     KNOWN_SECTIONS,
     Registry,
@@ -58,6 +59,7 @@ __all__ = [
     "GroupSender",
     "Host",
     "HttpConfig",
+    "OpenMetricsParser",
     "ParseError",
     "Parser",
     "PartialRefresh",
@@ -82,6 +84,7 @@ __all__ = [
     "__version__",
     "collect",
     "format_duration",
+    "format_value",
     "get_plugin_manager",
     "group",
     "hookimpl",
