@@ -42,6 +42,7 @@ from ._plugins import (
 from ._processing import Processor
 from ._sinks import Sink, SinkError, SinkRunner, SinkStats
 from ._targets import TargetGroup, group
+from ._tls import error_reason, tls_context
 from .hookspecs import hookimpl, hookspec
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "TrawlError",
     "__version__",
     "collect",
+    "error_reason",
     "format_duration",
     "format_value",
     "get_plugin_manager",
@@ -94,4 +96,5 @@ __all__ = [
     "parse_byte_size",
     "parse_config",
     "parse_duration",
+    "tls_context",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -15,7 +14,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-import certifi
 import httpx
 import trio
 
@@ -31,6 +29,7 @@ from ._plugins import Registry
 from ._processing import Processor
 from ._relabel import relabeler
 from ._targets import ADDRESS, METRICS_PATH, PARAM_PREFIX, SCHEME, Labels
+from ._tls import error_reason, is_tls_error, tls_context
 
 log = logging.getLogger("trawl.scrape")
 
@@ -148,38 +147,9 @@ def target_offset(target: ScrapeTarget, interval: float) -> float:
 
 
 def ssl_context(scraper: ScraperConfig) -> ssl.SSLContext:
-    """The TLS context for a scraper's keys, built once and shared by all its targets.
-
-    Loading CA certificates costs tens of milliseconds; a context per target would block
-    the event loop for seconds with a thousand targets. A changed certificate file (by
-    modification time) gives a new context.
-    """
-    files = (scraper.ssl_ca, scraper.ssl_cert, scraper.ssl_key)
-    stamps = tuple(_mtime(f) for f in files)
-    return _ssl_context(files, stamps, scraper.insecure_skip_verify)
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns if path else 0
-    except OSError:
-        return -1
-
-
-@functools.lru_cache(maxsize=64)
-def _ssl_context(files: tuple[str, str, str], stamps: tuple[int, ...],
-                 insecure: bool) -> ssl.SSLContext:
-    ca, cert, key = files
-    if ca:
-        ctx = ssl.create_default_context(cafile=ca)
-    else:
-        ctx = ssl.create_default_context(cafile=certifi.where())
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
+    """The TLS context of a scraper's keys, shared by all its targets."""
+    return tls_context(ca=scraper.ssl_ca, cert=scraper.ssl_cert, key=scraper.ssl_key,
+                       insecure=scraper.insecure_skip_verify)
 
 
 def http_client(scraper: ScraperConfig) -> httpx.AsyncClient:
@@ -466,17 +436,8 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
 
 def _describe_http_error(exc: httpx.HTTPError) -> str:
     """A readable last error: the innermost cause's message, with what kind of failure."""
-    chain: list[BaseException] = [exc]
-    while len(chain) < 10:
-        last = chain[-1]
-        nxt = last.__cause__ or last.__context__
-        if isinstance(last, BaseExceptionGroup) and last.exceptions:
-            nxt = last.exceptions[0]
-        if nxt is None or nxt in chain:
-            break
-        chain.append(nxt)
-    detail = next((str(e) for e in reversed(chain) if str(e)), type(exc).__name__)
-    if any(isinstance(e, ssl.SSLError) for e in chain):
+    detail = error_reason(exc)
+    if is_tls_error(exc):
         return f"TLS error: {detail}"
     if isinstance(exc, httpx.TimeoutException):
         return "scrape timed out"

@@ -209,28 +209,12 @@ def tls_context(config: ConsulConfig) -> ssl.SSLContext | None:
             or config.insecure_skip_verify):
         return None
     try:
-        ctx = ssl.create_default_context(cafile=config.ssl_ca or None)
-        if config.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if config.ssl_cert:
-            ctx.load_cert_chain(config.ssl_cert, config.ssl_key)
+        ctx = trawl.tls_context(ca=config.ssl_ca, cert=config.ssl_cert, key=config.ssl_key,
+                                insecure=config.insecure_skip_verify)
     except (OSError, ssl.SSLError) as exc:
         raise trawl.ConfigError([f"[[consul]] {config.id or '(no id)'}: cannot load the "
                                  f"TLS files: {exc}"]) from None
     return ctx
-
-
-def _reason(exc: BaseException) -> str:
-    """The first non-empty message along an exception's causes (httpx often has none)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            break
-        if str(seen):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return "no details"
 
 
 class ConsulAPI:
@@ -316,7 +300,8 @@ class ConsulConnection:
         except trio.TooSlowError:
             raise ConsulError(f"GET {path}: no answer within {timeout:g}s") from None
         except httpx.HTTPError as exc:
-            raise ConsulError(f"GET {path}: {type(exc).__name__}: {_reason(exc)}") from None
+            reason = trawl.error_reason(exc)
+            raise ConsulError(f"GET {path}: {type(exc).__name__}: {reason}") from None
         if response.status_code != 200:
             text = response.text.strip()[:200]
             raise ConsulError(f"GET {path}: HTTP {response.status_code}: {text}")

@@ -243,7 +243,7 @@ def test_matches_prometheus(prometheus, sims, ca_file, tmp_path):
 async def wait_for(check, what: str) -> None:
     """Poll ``check`` (health has no event to wait on) for at most 15 s."""
     with trio.fail_after(15):
-        while not check():  # noqa: ASYNC110
+        while not check():
             await trio.sleep(0.05)
 
 

@@ -221,7 +221,7 @@ async def test_tls_failures_are_reported(ca, pki):
 async def wait_for(check, what: str) -> None:
     """Poll ``check`` (health has no event to wait on) for at most 15 s."""
     with trio.fail_after(15):
-        while not check():  # noqa: ASYNC110
+        while not check():
             await trio.sleep(0.05)
 
 

@@ -150,24 +150,13 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def describe_http_error(exc: BaseException) -> str:
-    """``ConnectError: <the first non-empty reason in the chain>`` (httpx's own may be empty)."""
-    reason: BaseException | None = exc
-    seen = 0
-    while reason is not None and not str(reason) and seen < 10:
-        reason = reason.__cause__ or reason.__context__
-        seen += 1
-    text = str(reason) if reason is not None else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``ConnectError: <the innermost reason>`` (httpx's own message may be empty)."""
+    return f"{type(exc).__name__}: {trawl.error_reason(exc)}"
 
 
 def _ssl_context(config: TritonConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=config.ssl_ca or None)
-    if config.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if config.ssl_cert:
-        ctx.load_cert_chain(config.ssl_cert, config.ssl_key)
-    return ctx
+    return trawl.tls_context(ca=config.ssl_ca, cert=config.ssl_cert, key=config.ssl_key,
+                             insecure=config.insecure_skip_verify)
 
 
 class TritonDiscoverer(trawl.RefreshDiscoverer):
