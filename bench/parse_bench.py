@@ -35,7 +35,7 @@ from pathlib import Path
 from trawl._openmetrics import OpenMetricsParser
 from trawl._parsing import Parser, PrometheusTextParser
 
-PAYLOADS = Path("/work/shared/bench/payloads")
+PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "payloads"
 DEFAULT = [PAYLOADS / "node_exporter.prom", PAYLOADS / "synthetic_10k.prom"]
 
 

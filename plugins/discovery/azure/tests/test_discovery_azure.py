@@ -256,7 +256,7 @@ def names(manager: trawl.DiscoveryManager) -> list[str]:
 async def eventually(check: Callable[[], bool], within: float = 20.0) -> None:
     """Poll ``check`` (the discoverer changes state from its own task) until it is true."""
     with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110
+        while not check():
             await trio.sleep(0.05)
 
 

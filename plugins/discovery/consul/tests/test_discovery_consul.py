@@ -31,7 +31,7 @@ from tests.simulators.consul import ConsulSimulator
 
 REPO = Path(__file__).resolve().parents[4]
 TRAWL = str(Path(sys.executable).with_name("trawl"))
-KAPACITOR_CONF = Path("/work/shared/fixtures/kapacitor.conf")
+KAPACITOR_CONF = Path(__file__).resolve().parents[4] / "tests" / "data" / "kapacitor.conf"
 
 
 # ---------------------------------------------------------------------- helpers

@@ -259,7 +259,7 @@ def instances(manager: trawl.DiscoveryManager, name: str = "ec2/t") -> dict[str,
 async def eventually(check: Callable[[], bool], within: float = 20.0) -> None:
     """Poll ``check`` (the discoverer changes state from its own task) until it is true."""
     with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110
+        while not check():
             await trio.sleep(0.05)
 
 

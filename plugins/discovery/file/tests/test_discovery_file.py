@@ -111,7 +111,7 @@ async def test_malformed_file_keeps_last_good_targets_and_reports(tmp_path):
 
         write(bad, [{"targets": ["127.0.0.1:9"], "labels": {"x": 1}}])  # label not a string
         with trio.fail_after(1.5):
-            while "must be a string" not in discoverer.health.last_error:  # noqa: ASYNC110
+            while "must be a string" not in discoverer.health.last_error:
                 await trio.sleep(0.05)
         assert addresses(manager) == ["127.0.0.1:1", "127.0.0.1:5"]
 

@@ -81,7 +81,7 @@ def registry() -> trawl.Registry:
 
 
 def test_kapacitor_sample_section_loads() -> None:
-    with open("/work/shared/fixtures/kapacitor.conf", "rb") as f:
+    with open(Path(__file__).resolve().parents[4] / "tests" / "data" / "kapacitor.conf", "rb") as f:
         section = tomllib.load(f)["kubernetes"]
     assert isinstance(section, dict)  # a single [kubernetes] table
     config = trawl.parse_config({"kubernetes": section}, registry())

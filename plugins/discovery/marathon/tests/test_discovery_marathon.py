@@ -21,7 +21,7 @@ from tests.servers.prometheus import Prometheus, comparable
 from tests.simulators.marathon import MarathonSimulator, app, task
 
 TRAWL = str(Path(sys.executable).with_name("trawl"))
-KAPACITOR_CONF = Path("/work/shared/fixtures/kapacitor.conf")
+KAPACITOR_CONF = Path(__file__).resolve().parents[4] / "tests" / "data" / "kapacitor.conf"
 PASSWORD = "pa55-basic-secret"
 TOKEN = "t0ken-bearer-secret"
 DCOS_TOKEN = "dc0s-auth-secret"

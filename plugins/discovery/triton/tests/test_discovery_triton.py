@@ -20,7 +20,7 @@ from tests.servers.prometheus import Prometheus, comparable
 from tests.simulators.triton import TritonSimulator, compute_node, container
 
 TRAWL = str(Path(sys.executable).with_name("trawl"))
-KAPACITOR_CONF = Path("/work/shared/fixtures/kapacitor.conf")
+KAPACITOR_CONF = Path(__file__).resolve().parents[4] / "tests" / "data" / "kapacitor.conf"
 SUFFIX = "cmon.triton.invalid"  # .invalid never resolves: these targets are only discovered
 
 ACME = [

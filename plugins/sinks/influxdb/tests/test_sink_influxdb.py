@@ -28,7 +28,7 @@ from tests.servers.influxdb import (
 )
 from tests.servers.victoriametrics import VictoriaMetrics
 
-KAPACITOR_CONF = Path(__file__).resolve().parents[5] / "shared" / "fixtures" / "kapacitor.conf"
+KAPACITOR_CONF = Path(__file__).resolve().parents[4] / "tests" / "data" / "kapacitor.conf"
 
 
 def test_plugin_is_registered():
