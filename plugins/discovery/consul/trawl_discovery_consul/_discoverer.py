@@ -523,10 +523,10 @@ class ConsulDiscoverer(trawl.Discoverer):
             backoff.reset()
             index = next_index(index, new_index)
             self._targets[name] = len(group.targets)
+            self._succeeded(name)  # health first: whoever sees the targets sees it
             if self._sent.get(name) != group:
                 self._sent[name] = group
                 await sender.send([group])
-            self._succeeded(name)
             if not started:
                 task_status.started()
                 started = True

@@ -360,12 +360,12 @@ class KubernetesDiscoverer(trawl.Discoverer):
 
     async def _publish(self, groups: trawl.GroupSender) -> None:
         changed = self.changed_groups()
-        if changed:
-            await groups.send(changed)
-        if not any(w.error for w in self.watchers):
+        if not any(w.error for w in self.watchers):  # health first, then the targets
             if self.health.failing:
                 log.warning("discoverer %s recovered", self.name)
             self.health.succeeded(sum(len(g.targets) for g in self.sent.values()))
+        if changed:
+            await groups.send(changed)
 
     async def run(
         self, groups: trawl.GroupSender, *,

@@ -102,9 +102,9 @@ class ZooKeeperDiscoverer(trawl.Discoverer):
     ) -> None:
         async def on_update(changes: Changes) -> None:
             changed = self._apply(changes)
+            self._report()  # health first: whoever sees the new targets sees their health
             if changed:
                 await groups.send(changed)
-            self._report()
 
         await self.watcher.run(on_update, task_status=task_status)
 
