@@ -133,46 +133,54 @@ class RefreshDiscoverer(Discoverer):
     async def run(
         self, groups: GroupSender, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        last: dict[str, TargetGroup] = {}
-        backoff = self.min_backoff
-        started = False
-        while True:
-            attempt_at = trio.current_time()
-            error = ""
-            current: list[TargetGroup] | None = None
-            try:
-                current = await self.refresh()
-            except PartialRefresh as exc:
-                current, error = exc.groups, describe_error(exc)
-            except Exception as exc:
-                error = describe_error(exc)
-            changed: list[TargetGroup] = []
-            if current is not None:
-                changed = diff_groups(last, current)
-                last = {g.source: g for g in current}
-            if error:
-                if not self.health.failing:
-                    log.warning("discoverer %s failed: %s (keeping the last good targets)",
-                                self.name, error)
-                self.health.failed(error)
+        try:
+            last: dict[str, TargetGroup] = {}
+            backoff = self.min_backoff
+            started = False
+            while True:
+                attempt_at = trio.current_time()
+                error = ""
+                current: list[TargetGroup] | None = None
+                try:
+                    current = await self.refresh()
+                except PartialRefresh as exc:
+                    current, error = exc.groups, describe_error(exc)
+                except Exception as exc:
+                    error = describe_error(exc)
+                changed: list[TargetGroup] = []
                 if current is not None:
-                    self.health.targets = sum(len(g.targets) for g in current)
-                    wait = self.interval
+                    changed = diff_groups(last, current)
+                    last = {g.source: g for g in current}
+                if error:
+                    if not self.health.failing:
+                        log.warning("discoverer %s failed: %s (keeping the last good targets)",
+                                    self.name, error)
+                    self.health.failed(error)
+                    if current is not None:
+                        self.health.targets = sum(len(g.targets) for g in current)
+                        wait = self.interval
+                    else:
+                        wait = min(backoff, self.interval) * random.uniform(0.8, 1.2)
+                        backoff = min(backoff * 2, self.interval)
                 else:
-                    wait = min(backoff, self.interval) * random.uniform(0.8, 1.2)
-                    backoff = min(backoff * 2, self.interval)
-            else:
-                if self.health.failing:
-                    log.warning("discoverer %s recovered", self.name)
-                self.health.succeeded(sum(len(g.targets) for g in current or ()))
-                backoff = self.min_backoff
-                wait = self.interval
-            if changed:
-                await groups.send(changed)
-            if not started:
-                task_status.started()
-                started = True
-            await self.wait_for_change(attempt_at + wait)
+                    if self.health.failing:
+                        log.warning("discoverer %s recovered", self.name)
+                    self.health.succeeded(sum(len(g.targets) for g in current or ()))
+                    backoff = self.min_backoff
+                    wait = self.interval
+                if changed:
+                    await groups.send(changed)
+                if not started:
+                    task_status.started()
+                    started = True
+                await self.wait_for_change(attempt_at + wait)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release what `refresh` holds (clients, connection pools); called once, when
+        `run` ends for whatever reason."""
 
 
 def diff_groups(last: dict[str, TargetGroup], current: list[TargetGroup]) -> list[TargetGroup]:

@@ -322,12 +322,8 @@ class AzureDiscoverer(trawl.RefreshDiscoverer):
         self._clients: AzureClients | None = None
         self._limiter = trio.CapacityLimiter(_CONCURRENCY)
 
-    async def run(self, groups: trawl.GroupSender, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(groups, task_status=task_status)
-        finally:
-            self.close()
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close the SDK clients' connections, if any."""

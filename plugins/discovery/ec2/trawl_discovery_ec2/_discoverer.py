@@ -138,14 +138,8 @@ class EC2Discoverer(trawl.RefreshDiscoverer):
         self._expires: datetime.datetime | None = None
         self._az_ids: dict[str, str] | None = None
 
-    async def run(
-        self, groups: trawl.GroupSender, *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            await super().run(groups, task_status=task_status)
-        finally:
-            self._drop_client()
+    async def aclose(self) -> None:
+        self._drop_client()
 
     def _drop_client(self) -> None:
         """Close the client's connection pool (it is built again when needed)."""

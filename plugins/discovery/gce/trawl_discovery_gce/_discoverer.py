@@ -188,12 +188,8 @@ class GCEDiscoverer(trawl.RefreshDiscoverer):
         self.config: GCEConfig = config
         self._client: InstancesClient | None = None
 
-    async def run(self, groups: trawl.GroupSender, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(groups, task_status=task_status)
-        finally:
-            self.close()
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close the HTTP connections of the current client, if any."""

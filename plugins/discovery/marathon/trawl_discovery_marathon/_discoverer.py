@@ -277,14 +277,6 @@ class MarathonDiscoverer(trawl.RefreshDiscoverer):
         super().__init__(config)
         self._client: httpx.AsyncClient | None = None
 
-    async def run(self, groups: trawl.GroupSender, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(groups, task_status=task_status)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.aclose()
-
     async def aclose(self) -> None:
         """Close the HTTP connections (`run` does this when it ends)."""
         client, self._client = self._client, None

@@ -176,14 +176,6 @@ class TritonDiscoverer(trawl.RefreshDiscoverer):
         """Each request gives up after the refresh interval, and at most 30 s."""
         return min(self.config.refresh_interval, MAX_TIMEOUT)
 
-    async def run(self, groups: trawl.GroupSender, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(groups, task_status=task_status)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.aclose()
-
     async def aclose(self) -> None:
         """Close the HTTP connections (`run` does this when it ends)."""
         client, self._client = self._client, None
