@@ -46,6 +46,8 @@ from ._parsing import (
     T_VALUE,
     TOKEN_NAMES,
     VALUE_FAST,
+    ByteLexer,
+    ExactParser,
     ParseError,
     Parser,
     RawSample,
@@ -75,24 +77,8 @@ _P_SPACED = re.compile(rb" [^ \n\x00]+")
 _P_EXEMPLAR_START = re.compile(rb" # \{")
 
 
-class OpenMetricsLexer:
+class OpenMetricsLexer(ByteLexer):
     """Prometheus 2.42's OpenMetrics lexer, rule for rule, on bytes (no newline added)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.b = body
-        self.i = 0
-        self.start = 0
-        self.state = S_INIT
-
-    def buf(self) -> bytes:
-        return self.b[self.start:self.i]
-
-    def _take(self, pattern: re.Pattern[bytes]) -> bool:
-        m = pattern.match(self.b, self.i)
-        if m is None:
-            return False
-        self.i = m.end()
-        return True
 
     def lex(self) -> int:
         b = self.b
@@ -205,27 +191,17 @@ class OpenMetricsLexer:
             self.i = i
             return
 
-    def line(self, pos: int | None = None) -> int:
-        return self.b.count(b"\n", 0, self.start if pos is None else pos) + 1
-
 
 _OM_TYPES = {t.encode(): t for t in ("counter", "gauge", "histogram", "gaugehistogram",
                                       "summary", "info", "stateset", "unknown")}
 _EXEMPLAR_SUFFIXES = (b"_total", b"_bucket")
 
 
-class _ExactOpenMetrics:
+class _ExactOpenMetrics(ExactParser):
     """Prometheus 2.42's ``OpenMetricsParser.Next`` loop over a whole body."""
 
-    def __init__(self, body: bytes, full: bool) -> None:
-        self.lx = OpenMetricsLexer(body)
-        self.full = full
-        self.samples: list[RawSample] = []
-        self.named: list[Sample] = []
-        self.types: dict[str, str] = {}
-
-    def fail(self, message: str, pos: int | None = None) -> ParseError:
-        return ParseError(f"line {self.lx.line(pos)}: {message}")
+    lexer = OpenMetricsLexer
+    lx: OpenMetricsLexer
 
     def run(self) -> None:
         lx = self.lx

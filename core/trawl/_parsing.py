@@ -335,16 +335,12 @@ _P_HASH_WS = re.compile(rb"#[ \t]+")
 _P_BLANK_TEXT = re.compile(rb"[ \t][ \t\x00]*\n")
 
 
-class PromLexer:
-    """Prometheus 2.42's text-format lexer, rule for rule, on bytes.
-
-    The input gets a trailing newline, as Prometheus adds one. NUL bytes behave as in
-    Prometheus: skipped inside label values, help text and comments, the end of input at
-    the start of a line or right after ``#``, and invalid elsewhere.
-    """
+class ByteLexer:
+    """What Prometheus's two lexers share: a cursor over the body's bytes, where the current
+    token starts, and the lexer state."""
 
     def __init__(self, body: bytes) -> None:
-        self.b = body + b"\n"
+        self.b = body
         self.i = 0
         self.start = 0
         self.state = S_INIT
@@ -358,6 +354,25 @@ class PromLexer:
             return False
         self.i = m.end()
         return True
+
+    def line(self, pos: int | None = None) -> int:
+        """1-based line number of ``pos`` (default: the current token's start)."""
+        return self.b.count(b"\n", 0, self.start if pos is None else pos) + 1
+
+    def lex(self) -> int:
+        raise NotImplementedError
+
+
+class PromLexer(ByteLexer):
+    """Prometheus 2.42's text-format lexer, rule for rule, on bytes.
+
+    The input gets a trailing newline, as Prometheus adds one. NUL bytes behave as in
+    Prometheus: skipped inside label values, help text and comments, the end of input at
+    the start of a line or right after ``#``, and invalid elsewhere.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body + b"\n")
 
     def lex(self) -> int:
         b = self.b
@@ -476,10 +491,6 @@ class PromLexer:
         self.state = S_INIT
         return T_COMMENT
 
-    def line(self, pos: int | None = None) -> int:
-        """1-based line number of ``pos`` (default: the current token's start)."""
-        return self.b.count(b"\n", 0, self.start if pos is None else pos) + 1
-
 
 def parse_error(expected: str, got: int) -> str:
     return f'{expected}, got "{TOKEN_NAMES[got]}"'
@@ -489,11 +500,17 @@ _TEXT_TYPES = {b"counter": "counter", b"gauge": "gauge", b"histogram": "histogra
                b"summary": "summary", b"untyped": "untyped"}
 
 
-class _ExactText:
-    """Prometheus 2.42's ``PromParser.Next`` loop over a whole body, with line numbers."""
+class ExactParser:
+    """What the exact parsers share: a lexer, what they read, errors with line numbers.
+
+    Args:
+      full: Keep every sample with its name and labels in ``named`` too (`trawl parse`).
+    """
+
+    lexer: ClassVar[type[ByteLexer]]
 
     def __init__(self, body: bytes, full: bool) -> None:
-        self.lx = PromLexer(body)
+        self.lx = self.lexer(body)
         self.full = full
         self.samples: list[RawSample] = []
         self.named: list[Sample] = []
@@ -501,6 +518,13 @@ class _ExactText:
 
     def fail(self, message: str, pos: int | None = None) -> ParseError:
         return ParseError(f"line {self.lx.line(pos)}: {message}")
+
+
+class _ExactText(ExactParser):
+    """Prometheus 2.42's ``PromParser.Next`` loop over a whole body, with line numbers."""
+
+    lexer = PromLexer
+    lx: PromLexer
 
     def token(self) -> int:
         lx = self.lx
