@@ -24,6 +24,7 @@ from tests.servers.influxdb import (
     Samples,
     TrawlProcess,
     parse_line_protocol,
+    reference_config,
 )
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
@@ -33,45 +34,12 @@ TARGETS = 20
 SERIES = ExpositionTargets.series_per_target + 5      # plus up, scrape_duration_seconds, ...
 
 
-def config(workdir: Path, targets: ExpositionTargets, http_port: int, influx_url: str,
-           db: str) -> str:
-    addresses = ", ".join(f'"{a}"' for a in targets.addresses)
-    return f"""
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-
-[[static-discovery]]
-  id = "targets"
-  targets = [{addresses}]
-
-[[scraper]]
-  name = "outage"
-  db = "{db}"
-  rp = "autogen"
-  discoverer-id = "targets"
-  discoverer-service = "static-discovery"
-  scrape-interval = "1s"
-  scrape-timeout = "1s"
-  sinks = ["influx", "ref"]
-
-[[file-sink]]
-  name = "ref"
-  path = "{workdir}/ref.lp"
-
-[[influxdb]]
-  name = "influx"
-  urls = ["{influx_url}"]
-  create-database = true
-  timeout = "2s"
-  spool-dir = "{workdir}/spool"
-  retry-max-interval = "2s"
-"""
-
-
 def start_trawl(workdir: Path, targets: ExpositionTargets, influx: InfluxDB,
                 db: str) -> TrawlProcess:
     port = free_port()
-    return TrawlProcess(workdir, config(workdir, targets, port, influx.url, db),
+    influx_keys = (f'  urls = ["{influx.url}"]\n  create-database = true\n  timeout = "2s"')
+    config = reference_config(workdir, targets, port, influx_keys, db=db, job="outage")
+    return TrawlProcess(workdir, config,
                         http_port=port).start()
 
 

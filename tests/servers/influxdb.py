@@ -308,6 +308,43 @@ class ExpositionTargets:
         self.stop()
 
 
+def reference_config(workdir: Path, targets: ExpositionTargets, http_port: int,
+                     influx_keys: str, *, db: str, rp: str = "autogen",
+                     job: str = "job") -> str:
+    """A trawl configuration that scrapes ``targets`` every second into an ``[[influxdb]]``
+    sink named ``influx`` (its spool in ``workdir``, plus ``influx_keys``) and into the
+    reference: a file sink ``ref`` at ``workdir/ref.lp`` fed by the same scraper."""
+    addresses = ", ".join(f'"{a}"' for a in targets.addresses)
+    return f"""
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+
+[[static-discovery]]
+  id = "targets"
+  targets = [{addresses}]
+
+[[scraper]]
+  name = "{job}"
+  db = "{db}"
+  rp = "{rp}"
+  discoverer-id = "targets"
+  discoverer-service = "static-discovery"
+  scrape-interval = "1s"
+  scrape-timeout = "1s"
+  sinks = ["influx", "ref"]
+
+[[file-sink]]
+  name = "ref"
+  path = "{workdir}/ref.lp"
+
+[[influxdb]]
+  name = "influx"
+  spool-dir = "{workdir}/spool"
+  retry-max-interval = "2s"
+{influx_keys}
+"""
+
+
 def trawl_binary() -> str:
     path = Path(sys.executable).with_name("trawl")
     return str(path) if path.exists() else require_binary("trawl")

@@ -24,6 +24,7 @@ from tests.servers.influxdb import (
     Samples,
     TrawlProcess,
     parse_line_protocol,
+    reference_config,
     trawl_binary,
 )
 from tests.servers.victoriametrics import VictoriaMetrics
@@ -227,45 +228,12 @@ async def test_v1_authentication(influxdb_auth, tmp_path):
     await anonymous.close()
 
 
-def config_text(tmp_path: Path, targets: ExpositionTargets, http_port: int, influx: str,
-                db: str = "trawl_test", rp: str = "autogen") -> str:
-    addresses = ", ".join(f'"{a}"' for a in targets.addresses)
-    return f"""
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-
-[[static-discovery]]
-  id = "targets"
-  targets = [{addresses}]
-
-[[scraper]]
-  name = "job"
-  db = "{db}"
-  rp = "{rp}"
-  discoverer-id = "targets"
-  discoverer-service = "static-discovery"
-  scrape-interval = "1s"
-  scrape-timeout = "1s"
-  sinks = ["influx", "ref"]
-
-[[file-sink]]
-  name = "ref"
-  path = "{tmp_path}/ref.lp"
-
-[[influxdb]]
-  name = "influx"
-  spool-dir = "{tmp_path}/spool"
-  retry-max-interval = "2s"
-{influx}
-"""
-
-
 def run_trawl(tmp_path: Path, targets: ExpositionTargets, influx: str, seconds: float,
               **kw: str) -> tuple[Samples, dict[str, float]]:
     """Run trawl for a while, stop it with SIGTERM; the reference samples and its metrics."""
     port = free_port()
-    trawl_proc = TrawlProcess(tmp_path, config_text(tmp_path, targets, port, influx, **kw),
-                              http_port=port).start()
+    config = reference_config(tmp_path, targets, port, influx, **{"db": "trawl_test", **kw})
+    trawl_proc = TrawlProcess(tmp_path, config, http_port=port).start()
     try:
         time.sleep(seconds)
         trawl_proc.wait_metric('trawl_sink_points_written_total{sink="influx"}',
