@@ -339,3 +339,15 @@ async def test_a_buggy_processor_downs_its_target_only(targets):
     assert loop.health.last_error == ("internal error in a parser or processor: "
                                       "ZeroDivisionError('bug')")
     assert delivered[0].points[0][0].measurement == "up"
+
+
+def test_scrape_defaults_are_written_as_prometheus_writes_them():
+    """Relabel rules on ``__scrape_interval__`` see what they would see in Prometheus."""
+    from trawl._scrape import with_scrape_defaults
+
+    labels = with_scrape_defaults({"__address__": "a:1", "__param_module": "x"},
+                                  scraper(**{"scrape-interval": "1m0s", "scrape-timeout": "1m",
+                                             "params": {"module": ["http_2xx"]}}))
+    assert labels == {"__address__": "a:1", "job": "job", "__scheme__": "http",
+                      "__metrics_path__": "/metrics", "__scrape_interval__": "1m",
+                      "__scrape_timeout__": "1m", "__param_module": "http_2xx"}

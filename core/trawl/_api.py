@@ -12,7 +12,9 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ._duration import prom_duration
 from ._httpserver import Request, Response
+from ._scrape import with_scrape_defaults
 from ._selfmetrics import render
 
 if TYPE_CHECKING:
@@ -20,20 +22,6 @@ if TYPE_CHECKING:
 
 UNAUTHORIZED = Response(401, b"unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="trawl"'})
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-def prom_duration(seconds: float) -> str:
-    """A duration as Prometheus's ``model.Duration`` prints it (``60`` → ``"1m"``)."""
-    ms = round(seconds * 1000)
-    if ms == 0:
-        return "0s"
-    out = ""
-    for unit, size in (("y", 31_536_000_000), ("w", 604_800_000), ("d", 86_400_000),
-                       ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        if ms >= size:
-            count, ms = divmod(ms, size)
-            out += f"{count}{unit}"
-    return out
 
 
 def rfc3339(ts: float | None) -> str:
@@ -137,7 +125,8 @@ def targets_data(host: Host, state: str = "any", pools: set[str] | None = None
             for loop, _ in pool.loops.values():
                 h = loop.health
                 active.append({
-                    "discoveredLabels": with_defaults(dict(loop.target.discovered), pool),
+                    "discoveredLabels": with_scrape_defaults(dict(loop.target.discovered),
+                                                             pool.scraper),
                     "labels": dict(loop.target.labels),
                     "scrapePool": name,
                     "scrapeUrl": loop.target.url,
@@ -151,27 +140,14 @@ def targets_data(host: Host, state: str = "any", pools: set[str] | None = None
                 })
         if state in ("any", "dropped"):
             for discovered, _reason in pool.dropped:
-                dropped.append({"discoveredLabels": with_defaults(dict(discovered.labels), pool)})
+                dropped.append({"discoveredLabels": with_scrape_defaults(dict(discovered.labels),
+                                                                        pool.scraper)})
     out: dict[str, Any] = {}
     if state in ("any", "active"):
         out["activeTargets"] = active
     if state in ("any", "dropped"):
         out["droppedTargets"] = dropped
     return out
-
-
-def with_defaults(labels: dict[str, str], pool: Any) -> dict[str, str]:
-    """Discovered labels as Prometheus shows them: with the scrape config's defaults."""
-    scraper = pool.scraper
-    labels.setdefault("job", scraper.name)
-    labels.setdefault("__scheme__", scraper.scheme)
-    labels.setdefault("__metrics_path__", scraper.metrics_path)
-    labels.setdefault("__scrape_interval__", prom_duration(scraper.scrape_interval))
-    labels.setdefault("__scrape_timeout__", prom_duration(scraper.scrape_timeout))
-    for key, values in scraper.params.items():
-        if values:
-            labels.setdefault(f"__param_{key}", values[0])
-    return labels
 
 
 def _api_error(status: int, message: str) -> Response:

@@ -83,3 +83,17 @@ def format_duration(seconds: float) -> str:
 def _trim(x: float) -> str:
     text = f"{x:.9f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def prom_duration(seconds: float) -> str:
+    """A duration as Prometheus's ``model.Duration`` prints it (``60`` → ``"1m"``)."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    out = ""
+    for unit, size in (("y", 31_536_000_000), ("w", 604_800_000), ("d", 86_400_000),
+                       ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if ms >= size:
+            count, ms = divmod(ms, size)
+            out += f"{count}{unit}"
+    return out

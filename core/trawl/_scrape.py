@@ -21,7 +21,7 @@ from . import __version__
 from ._batch import Batch, Point, Series
 from ._config import ScraperConfig
 from ._discovery import DiscoveredTarget, DiscoveryManager
-from ._duration import format_duration
+from ._duration import format_duration, prom_duration
 from ._errors import TrawlError
 from ._formats import MAPPERS, Mapper
 from ._parsing import ParseError, Parser
@@ -76,6 +76,22 @@ class TargetHealth:
     samples: int = 0
 
 
+def with_scrape_defaults(labels: Labels, scraper: ScraperConfig) -> Labels:
+    """Add what the scrape configuration sets before relabeling (``job``, ``__scheme__``,
+    ``__metrics_path__``, ``__scrape_interval__``, ``__scrape_timeout__``, ``__param_*``),
+    as Prometheus does; these are also the ``discoveredLabels`` its API shows."""
+    for key, value in (("job", scraper.name), (SCHEME, scraper.scheme),
+                       (METRICS_PATH, scraper.metrics_path),
+                       ("__scrape_interval__", prom_duration(scraper.scrape_interval)),
+                       ("__scrape_timeout__", prom_duration(scraper.scrape_timeout))):
+        if not labels.get(key):
+            labels[key] = value
+    for key, values in scraper.params.items():  # Prometheus: the scraper's params win
+        if values:
+            labels[PARAM_PREFIX + key] = values[0]
+    return labels
+
+
 def build_target(
     discovered: Labels, scraper: ScraperConfig,
     relabel: Callable[[Labels], Labels | None] | None = None,
@@ -85,16 +101,7 @@ def build_target(
     Returns:
       The target, or ``None`` and the reason it was dropped.
     """
-    labels = dict(discovered)
-    for key, value in (("job", scraper.name), (SCHEME, scraper.scheme),
-                       (METRICS_PATH, scraper.metrics_path),
-                       ("__scrape_interval__", format_duration(scraper.scrape_interval)),
-                       ("__scrape_timeout__", format_duration(scraper.scrape_timeout))):
-        if not labels.get(key):
-            labels[key] = value
-    for key, values in scraper.params.items():  # Prometheus: the scraper's params win
-        if values:
-            labels[PARAM_PREFIX + key] = values[0]
+    labels = with_scrape_defaults(dict(discovered), scraper)
     if relabel is not None:
         relabeled = relabel(labels)
         if relabeled is None:
